@@ -1,0 +1,211 @@
+//! `dphost:connector/sink`: the atomic, idempotent way into the data lake.
+//!
+//! A batch (records + outbox actions + state changes) is checked against the
+//! connector's limits and then committed as one SQLite transaction on a
+//! blocking thread. The owner (connector instance, tenant) comes from the
+//! host, never from the component.
+
+use crate::bindings::dphost::connector::{sink, types};
+use crate::config::Limits;
+use crate::runtime::RunState;
+use crate::store::{self, Index, WriteMode};
+use wasmtime::component::{HasSelf, Linker};
+
+/// Longest record id, action id or state key.
+const MAX_ID_BYTES: usize = 512;
+/// Largest single state value.
+const MAX_STATE_VALUE_BYTES: usize = 1 << 20;
+/// Most ids one `contains` call may ask about.
+const MAX_CONTAINS_IDS: usize = 100_000;
+
+pub fn link(linker: &mut Linker<RunState>) -> anyhow::Result<()> {
+    sink::add_to_linker::<_, HasSelf<RunState>>(linker, |s| s)?;
+    Ok(())
+}
+
+/// What this run's commits did, for the run summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SinkStats {
+    pub commits: u32,
+    pub written: u64,
+    pub duplicates: u64,
+    pub actions_queued: u64,
+    pub rejected: u32,
+}
+
+impl sink::Host for RunState {
+    async fn commit(
+        &mut self,
+        batch: types::Batch,
+    ) -> wasmtime::Result<Result<types::CommitOutcome, String>> {
+        let batch = match check_batch(batch, &self.scope.limits) {
+            Ok(b) => b,
+            Err(why) => {
+                self.sink.rejected += 1;
+                tracing::warn!(connector = %self.scope.connector, "batch rejected: {why}");
+                return Ok(Err(why));
+            }
+        };
+        let scope = self.scope.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            scope.store.commit(
+                &store::Owner {
+                    connector: scope.connector.clone(),
+                    tenant: scope.tenant.clone(),
+                },
+                &batch,
+            )
+        })
+        .await
+        .map_err(|e| wasmtime::Error::msg(format!("commit task failed: {e}")))?;
+        match result {
+            Ok(o) => {
+                self.sink.commits += 1;
+                self.sink.written += o.written as u64;
+                self.sink.duplicates += o.duplicates as u64;
+                self.sink.actions_queued += o.actions_queued as u64;
+                Ok(Ok(types::CommitOutcome {
+                    written: o.written,
+                    duplicates: o.duplicates,
+                    actions_queued: o.actions_queued,
+                }))
+            }
+            // A storage failure is not the component's fault, but the
+            // component must know nothing was written so it keeps its place.
+            Err(e) => Ok(Err(format!("the host could not store the batch: {e:#}"))),
+        }
+    }
+
+    fn contains(&mut self, index: types::Index, ids: Vec<String>) -> wasmtime::Result<Vec<bool>> {
+        if ids.len() > MAX_CONTAINS_IDS {
+            return Err(wasmtime::Error::msg(format!(
+                "sink.contains asked about {} ids; at most {MAX_CONTAINS_IDS} per call",
+                ids.len()
+            )));
+        }
+        self.scope
+            .store
+            .contains(&self.scope.connector, to_store_index(index), &ids)
+            .map_err(|e| wasmtime::Error::from_anyhow(e.context("the host could not look up records")))
+    }
+}
+
+fn to_store_index(i: types::Index) -> Index {
+    match i {
+        types::Index::Syslog => Index::Syslog,
+        types::Index::Alerts => Index::Alerts,
+        types::Index::Quarantine => Index::Quarantine,
+    }
+}
+
+/// Checks a batch against the limits and converts it. The whole batch is
+/// refused on the first problem: a partial write would break atomicity.
+fn check_batch(batch: types::Batch, limits: &Limits) -> Result<store::Batch, String> {
+    let items = batch.records.len() + batch.actions.len();
+    if items > limits.max_batch_records {
+        return Err(format!(
+            "the batch has {items} records and actions; the limit is {} per commit (limits.max_batch_records): commit in smaller batches",
+            limits.max_batch_records
+        ));
+    }
+    let bytes: usize = batch.records.iter().map(|r| r.body.len() + r.id.len()).sum();
+    let max_bytes = (limits.max_batch_mib as usize) << 20;
+    if bytes > max_bytes {
+        return Err(format!(
+            "the batch carries {bytes} bytes of records; the limit is {max_bytes} (limits.max_batch_mib): commit in smaller batches"
+        ));
+    }
+    let mut records = Vec::with_capacity(batch.records.len());
+    for (i, r) in batch.records.into_iter().enumerate() {
+        check_id("record id", &r.id, i)?;
+        if !r.body.trim_start().starts_with('{')
+            || serde_json::from_str::<serde::de::IgnoredAny>(&r.body).is_err()
+        {
+            return Err(format!("record #{i} (id `{}`): the body is not a JSON object", r.id));
+        }
+        records.push(store::NewRecord {
+            index: to_store_index(r.index),
+            id: r.id,
+            body: r.body,
+            mode: match r.mode {
+                types::WriteMode::Insert => WriteMode::Insert,
+                types::WriteMode::Upsert => WriteMode::Upsert,
+            },
+        });
+    }
+    let mut actions = Vec::with_capacity(batch.actions.len());
+    for (i, a) in batch.actions.into_iter().enumerate() {
+        check_id("action id", &a.id, i)?;
+        if a.kind.is_empty() || a.target.is_empty() {
+            return Err(format!("action #{i} (id `{}`): kind and target are required", a.id));
+        }
+        let params = if a.params.trim().is_empty() { "{}".to_string() } else { a.params };
+        if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&params).is_err() {
+            return Err(format!("action #{i} (id `{}`): params is not a JSON object", a.id));
+        }
+        actions.push(store::NewAction {
+            id: a.id,
+            kind: a.kind,
+            target: a.target,
+            reason: a.reason,
+            params,
+        });
+    }
+    for (i, (key, value)) in batch.state.iter().enumerate() {
+        check_id("state key", key, i)?;
+        if value.as_ref().is_some_and(|v| v.len() > MAX_STATE_VALUE_BYTES) {
+            return Err(format!(
+                "state key `{key}`: the value is larger than {MAX_STATE_VALUE_BYTES} bytes"
+            ));
+        }
+    }
+    Ok(store::Batch {
+        records,
+        actions,
+        state: batch.state,
+    })
+}
+
+fn check_id(what: &str, id: &str, i: usize) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(format!("{what} #{i} must be 1 to {MAX_ID_BYTES} bytes long"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, body: &str) -> types::Record {
+        types::Record {
+            index: types::Index::Syslog,
+            id: id.into(),
+            body: body.into(),
+            mode: types::WriteMode::Insert,
+        }
+    }
+
+    #[test]
+    fn limits_and_malformed_records_refuse_the_whole_batch() {
+        let limits = Limits { max_batch_records: 2, ..Limits::default() };
+        let ok = types::Batch {
+            records: vec![record("a", "{}"), record("b", r#"{"x":1}"#)],
+            actions: vec![],
+            state: vec![("checkpoint".into(), Some(b"1".to_vec()))],
+        };
+        assert_eq!(check_batch(ok.clone(), &limits).unwrap().records.len(), 2);
+
+        let mut too_many = ok.clone();
+        too_many.records.push(record("c", "{}"));
+        assert!(check_batch(too_many, &limits).unwrap_err().contains("max_batch_records"));
+
+        let mut not_json = ok.clone();
+        not_json.records[1].body = "[1,2]".into();
+        assert!(check_batch(not_json, &limits).unwrap_err().contains("not a JSON object"));
+
+        let mut empty_id = ok;
+        empty_id.records[0].id.clear();
+        assert!(check_batch(empty_id, &limits).unwrap_err().contains("record id"));
+    }
+}

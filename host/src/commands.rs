@@ -1,0 +1,229 @@
+//! The CLI's subcommands. Each returns the process exit code: 0 success,
+//! 1 a connector failed, (2 for a host error, from `main`).
+
+use crate::config::{Config, ConnectorConfig};
+use crate::runtime::{CallReport, Operation, Runtime};
+use crate::scheduler;
+use crate::search::Query;
+use crate::store::{Index, Store};
+use anyhow::{bail, Result};
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Ndjson,
+    Table,
+}
+
+pub async fn run(config_path: &Path) -> Result<ExitCode> {
+    let config = Arc::new(Config::load(config_path)?);
+    if config.connectors.is_empty() {
+        bail!(
+            "{} configures no [[connector]]: nothing to run",
+            config_path.display()
+        );
+    }
+    let runtime = Arc::new(Runtime::new(&config)?);
+    scheduler::run(config, runtime).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn once(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let selected: Vec<ConnectorConfig> = match only {
+        Some(name) => vec![config.connector(name)?.clone()],
+        None => config.connectors.clone(),
+    };
+    if selected.is_empty() {
+        bail!("{} configures no [[connector]]", config_path.display());
+    }
+    let runtime = Arc::new(Runtime::new(&config)?);
+    let permits = Arc::new(tokio::sync::Semaphore::new(config.host.max_concurrent_runs));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, c) in selected.into_iter().enumerate() {
+        let (runtime, permits) = (runtime.clone(), permits.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("never closed");
+            (i, runtime.call(&c, Operation::Collect).await)
+        });
+    }
+    let mut reports: Vec<(usize, CallReport)> = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        reports.push(r?);
+    }
+    reports.sort_by_key(|(i, _)| *i);
+    let mut failed = 0;
+    let mut out = std::io::stdout().lock();
+    for (_, r) in &reports {
+        scheduler::log_report(r);
+        writeln!(out, "{}", describe_collect(r))?;
+        if r.result.is_err() {
+            failed += 1;
+        }
+    }
+    if failed > 0 {
+        writeln!(out, "{failed} of {} connector(s) failed", reports.len())?;
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One paragraph per connector: what it collected, or why it failed.
+fn describe_collect(r: &CallReport) -> String {
+    let head = format!("{} (tenant {})", r.connector, r.tenant);
+    match &r.result {
+        Ok(summary) => {
+            let mut line = format!(
+                "{head}: ok in {:.1?} — {} new record(s), {} already stored, {} request(s)",
+                r.elapsed, r.sink.written, r.sink.duplicates, r.requests
+            );
+            if let Ok(s) = serde_json::from_str::<serde_json::Value>(summary) {
+                if let Some(by_type) = s.get("by_type").and_then(|v| v.as_object()) {
+                    let parts: Vec<String> =
+                        by_type.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                    if !parts.is_empty() {
+                        line.push_str(&format!("\n  events by type: {}", parts.join(", ")));
+                    }
+                }
+                for key in ["quarantined", "threats", "checkpoint"] {
+                    if let Some(v) = s.get(key).filter(|v| !v.is_null()) {
+                        line.push_str(&format!("\n  {key}: {}", v.as_str().map(str::to_string).unwrap_or(v.to_string())));
+                    }
+                }
+            }
+            if let Some(w) = &r.last_warning {
+                line.push_str(&format!("\n  last warning: {w}"));
+            }
+            line
+        }
+        Err(f) => format!("{head}: FAILED ({}) after {:.1?}: {f}", f.status(), r.elapsed),
+    }
+}
+
+pub async fn test(config_path: &Path, name: &str) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let connector = config.connector(name)?.clone();
+    let runtime = Runtime::new(&config)?;
+    let report = runtime.call(&connector, Operation::TestConnection).await;
+    match &report.result {
+        Ok(message) => {
+            println!("{name}: connection test succeeded: {message}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(f) => {
+            println!("{name}: connection test failed ({}): {f}", f.status());
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+pub async fn check(config_path: &Path) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let runtime = Runtime::new(&config)?;
+    let mut bad = 0;
+    for c in &config.connectors {
+        let r = runtime.call(c, Operation::ValidateConfig).await;
+        match &r.result {
+            Ok(_) => println!("{}: ok", c.name),
+            Err(f) => {
+                bad += 1;
+                println!("{}: {f}", c.name);
+            }
+        }
+    }
+    println!(
+        "{}: {} connector(s), {} with problems",
+        config_path.display(),
+        config.connectors.len(),
+        bad
+    );
+    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+pub fn search(
+    config_path: &Path,
+    index: &str,
+    format: OutputFormat,
+    count_only: bool,
+    limit: Option<usize>,
+    query: &str,
+) -> Result<ExitCode> {
+    let config = Config::load(config_path)?;
+    let index = Index::parse(index)?;
+    let query = Query::parse(query)?;
+    let store = Store::open(&config.host.data_dir)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut matched = 0usize;
+    let mut rows = Vec::new();
+    store.scan(index, &query.prefilter(), |rec| {
+        let Ok(body) = serde_json::from_str::<serde_json::Value>(&rec.body) else {
+            return Ok(true);
+        };
+        if !query.matches(&body) {
+            return Ok(true);
+        }
+        matched += 1;
+        if !count_only {
+            match format {
+                OutputFormat::Ndjson => writeln!(out, "{}", rec.body)?,
+                OutputFormat::Table => rows.push(table_row(&rec.connector, &rec.id, &body)),
+            }
+        }
+        Ok(limit.is_none_or(|l| matched < l))
+    })?;
+    if count_only {
+        writeln!(out, "{matched}")?;
+    } else if format == OutputFormat::Table {
+        write_table(&mut out, &rows)?;
+        writeln!(out, "{matched} record(s)")?;
+    }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+const TABLE_HEADER: [&str; 6] = ["TIME", "TENANT", "CONNECTOR", "MSG_CLASS", "EVENT_TYPE", "ID"];
+
+fn table_row(connector: &str, id: &str, body: &serde_json::Value) -> [String; 6] {
+    let text = |k: &str| body.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
+    let time = body
+        .get("timestamp")
+        .and_then(|v| v.as_i64())
+        .and_then(|ms| time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok())
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| "-".into());
+    [
+        time,
+        text("tenant_name"),
+        connector.to_string(),
+        text("msg_class"),
+        text("event_type"),
+        id.to_string(),
+    ]
+}
+
+fn write_table(out: &mut impl Write, rows: &[[String; 6]]) -> std::io::Result<()> {
+    let mut widths = TABLE_HEADER.map(str::len);
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 6]| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    writeln!(out, "{}", line(TABLE_HEADER))?;
+    for row in rows {
+        writeln!(out, "{}", line(row.each_ref().map(String::as_str)))?;
+    }
+    Ok(())
+}

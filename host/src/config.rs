@@ -1,0 +1,704 @@
+//! The operator's configuration file (`dphost.toml`): parsing, validation and
+//! secret resolution.
+//!
+//! The host owns the keys it acts on (where to store data, which component,
+//! where the API is, the credential, the schedule and the sandbox limits).
+//! Every other key of a `[[connector]]` table belongs to the component and is
+//! handed to it as JSON, where the component's own `validate-config` checks it.
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole configuration file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from (for messages).
+    pub path: PathBuf,
+    pub host: HostConfig,
+    pub connectors: Vec<ConnectorConfig>,
+}
+
+/// `[host]`: where the host keeps its data and finds its components.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// The embedded store lives here (relative paths: to the config file).
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Every `*.wasm` component in this folder is loaded, named by its stem.
+    #[serde(default = "default_components_dir")]
+    pub components_dir: PathBuf,
+    /// How many connector runs may execute at once (each is one sandbox).
+    #[serde(default = "default_max_concurrent_runs")]
+    pub max_concurrent_runs: usize,
+    /// On Ctrl-C, how long running collections may take to finish their
+    /// current work before they are cancelled (a cancelled run loses nothing:
+    /// every commit is one transaction).
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for HostConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            components_dir: default_components_dir(),
+            max_concurrent_runs: default_max_concurrent_runs(),
+            shutdown_grace_secs: default_shutdown_grace_secs(),
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    "data".into()
+}
+fn default_components_dir() -> PathBuf {
+    "components".into()
+}
+fn default_max_concurrent_runs() -> usize {
+    16
+}
+fn default_shutdown_grace_secs() -> u64 {
+    30
+}
+
+/// Per-connector sandbox limits (`[connector.limits]`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// CPU time the component may spend executing WebAssembly in one run.
+    #[serde(default = "default_cpu_seconds")]
+    pub cpu_seconds: f64,
+    /// Wall-clock bound of one run, waiting on the network included.
+    #[serde(default = "default_run_timeout_secs")]
+    pub run_timeout_secs: u64,
+    /// The component's linear memory cap.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    /// Most records (plus actions) one `sink.commit` may carry.
+    #[serde(default = "default_max_batch_records")]
+    pub max_batch_records: usize,
+    /// Most bytes of record bodies one `sink.commit` may carry.
+    #[serde(default = "default_max_batch_mib")]
+    pub max_batch_mib: u64,
+    /// Log lines kept per run; beyond that lines are counted and dropped.
+    #[serde(default = "default_log_lines_per_run")]
+    pub log_lines_per_run: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            cpu_seconds: default_cpu_seconds(),
+            run_timeout_secs: default_run_timeout_secs(),
+            memory_mib: default_memory_mib(),
+            max_batch_records: default_max_batch_records(),
+            max_batch_mib: default_max_batch_mib(),
+            log_lines_per_run: default_log_lines_per_run(),
+        }
+    }
+}
+
+fn default_cpu_seconds() -> f64 {
+    120.0
+}
+fn default_run_timeout_secs() -> u64 {
+    1800
+}
+fn default_memory_mib() -> u64 {
+    256
+}
+fn default_max_batch_records() -> usize {
+    20_000
+}
+fn default_max_batch_mib() -> u64 {
+    64
+}
+fn default_log_lines_per_run() -> u32 {
+    2_000
+}
+
+/// Where the credential for the connector's API comes from.
+#[derive(Clone, PartialEq)]
+pub enum SecretSource {
+    Inline(String),
+    Env(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for SecretSource {
+    // An inline secret must not leak through debug output or logs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SecretSource::Inline(_) => f.write_str("Inline(<redacted>)"),
+            SecretSource::Env(var) => write!(f, "Env({var:?})"),
+            SecretSource::File(path) => write!(f, "File({path:?})"),
+        }
+    }
+}
+
+/// The credential the host injects into requests to the connector's API.
+#[derive(Clone, PartialEq)]
+pub struct Credential {
+    pub principal: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for Credential {
+    // Never print the secret, not even in debug output.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("principal", &self.principal)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// One `[[connector]]`: a component instance for one tenant.
+#[derive(Debug, Clone)]
+pub struct ConnectorConfig {
+    pub name: String,
+    pub tenant: String,
+    pub component: String,
+    /// Scheme and authority (and optional base path) of the vendor API,
+    /// without a trailing slash.
+    pub host_url: String,
+    pub allowed: AllowedOrigin,
+    pub interval_min: u64,
+    pub principal: Option<String>,
+    pub secret: Option<SecretSource>,
+    pub limits: Limits,
+    /// The configuration handed to the component as JSON (no secrets).
+    pub component_config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The one origin a connector's sandbox may send HTTP requests to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedOrigin {
+    pub scheme: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl AllowedOrigin {
+    /// Whether `scheme://authority` names this origin (default ports included).
+    pub fn matches(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
+        let default_port = if scheme.eq_ignore_ascii_case("https") { 443 } else { 80 };
+        scheme.eq_ignore_ascii_case(&self.scheme)
+            && host.trim_start_matches('[').trim_end_matches(']').eq_ignore_ascii_case(&self.host)
+            && port.unwrap_or(default_port) == self.port
+    }
+}
+
+impl std::fmt::Display for AllowedOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "{}://[{}]:{}", self.scheme, self.host, self.port)
+        } else {
+            write!(f, "{}://{}:{}", self.scheme, self.host, self.port)
+        }
+    }
+}
+
+/// Keys of a `[[connector]]` table that the host consumes. The rest go to the
+/// component.
+const HOST_KEYS: &[&str] = &[
+    "name",
+    "tenant",
+    "component",
+    "host_url",
+    "interval_min",
+    "principal",
+    "secret",
+    "secret_env",
+    "secret_file",
+    "limits",
+];
+
+/// Keys that must never reach a component.
+const SECRET_KEYS: &[&str] = &["secret", "secret_env", "secret_file"];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default)]
+    host: Option<HostConfig>,
+    #[serde(default)]
+    connector: Vec<toml::Table>,
+}
+
+impl Config {
+    /// Reads and validates `path`. Every problem found is reported at once.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read the configuration file {}: pass --config FILE, or create dphost.toml (see README)",
+                path.display()
+            )
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses configuration text; `path` anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        let raw: RawFile = toml::from_str(text)
+            .with_context(|| format!("{} is not a valid dphost configuration", path.display()))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut host = raw.host.unwrap_or_default();
+        host.data_dir = anchor(&base, &host.data_dir);
+        host.components_dir = anchor(&base, &host.components_dir);
+
+        let mut problems = Vec::new();
+        if host.max_concurrent_runs == 0 {
+            problems.push("[host] max_concurrent_runs must be at least 1".to_string());
+        }
+        let mut connectors = Vec::new();
+        let mut names = BTreeSet::new();
+        for (i, table) in raw.connector.into_iter().enumerate() {
+            match ConnectorConfig::from_table(table, &base) {
+                Ok(c) => {
+                    if !names.insert(c.name.clone()) {
+                        problems.push(format!(
+                            "connector `{}` is defined twice: connector names must be unique",
+                            c.name
+                        ));
+                    }
+                    connectors.push(c);
+                }
+                Err(errs) => {
+                    for e in errs {
+                        problems.push(format!("[[connector]] #{}: {e}", i + 1));
+                    }
+                }
+            }
+        }
+        if !problems.is_empty() {
+            bail!(
+                "{} has {} problem(s):\n  - {}",
+                path.display(),
+                problems.len(),
+                problems.join("\n  - ")
+            );
+        }
+        Ok(Config {
+            path: path.to_path_buf(),
+            host,
+            connectors,
+        })
+    }
+
+    pub fn connector(&self, name: &str) -> Result<&ConnectorConfig> {
+        self.connectors.iter().find(|c| c.name == name).with_context(|| {
+            let known: Vec<_> = self.connectors.iter().map(|c| c.name.as_str()).collect();
+            format!(
+                "no connector named `{name}` in {} (configured: {})",
+                self.path.display(),
+                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+            )
+        })
+    }
+}
+
+fn anchor(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+impl ConnectorConfig {
+    fn from_table(table: toml::Table, base: &Path) -> std::result::Result<Self, Vec<String>> {
+        let mut problems = Vec::new();
+        let label = table
+            .get("name")
+            .and_then(|v| v.as_str())
+            .map(|n| format!("connector `{n}`"))
+            .unwrap_or_else(|| "connector".to_string());
+        let mut string_key = |key: &str, required: bool| -> Option<String> {
+            match table.get(key) {
+                Some(toml::Value::String(s)) => Some(s.clone()),
+                Some(other) => {
+                    problems.push(format!(
+                        "{label}: `{key}` must be a string, not {}",
+                        other.type_str()
+                    ));
+                    None
+                }
+                None if required => {
+                    problems.push(format!("{label}: `{key}` is required"));
+                    None
+                }
+                None => None,
+            }
+        };
+        let name = string_key("name", true);
+        let tenant = string_key("tenant", true);
+        let component = string_key("component", true);
+        let host_url = string_key("host_url", true);
+        let principal = string_key("principal", false);
+        let inline = string_key("secret", false);
+        let secret_env = string_key("secret_env", false);
+        let secret_file = string_key("secret_file", false);
+
+        if let Some(n) = &name {
+            if let Err(e) = check_name(n) {
+                problems.push(format!("connector name {e}"));
+            }
+        }
+        if let Some(t) = &tenant {
+            if t.trim().is_empty() {
+                problems.push(format!("{label}: `tenant` must not be empty"));
+            }
+        }
+        if let Some(c) = &component {
+            if let Err(e) = check_name(c) {
+                problems.push(format!("{label}: component name {e}"));
+            }
+        }
+
+        let interval_min = match table.get("interval_min") {
+            None => 5,
+            Some(toml::Value::Integer(n)) if (1..=1440).contains(n) => *n as u64,
+            Some(v) => {
+                problems.push(format!(
+                    "{label}: `interval_min` must be a whole number of minutes from 1 to 1440, not {v}"
+                ));
+                5
+            }
+        };
+
+        let allowed = host_url.as_deref().map(parse_host_url).transpose();
+        let (host_url, allowed) = match allowed {
+            Ok(Some((url, origin))) => (url, Some(origin)),
+            Ok(None) => (String::new(), None),
+            Err(e) => {
+                problems.push(format!("{label}: {e}"));
+                (String::new(), None)
+            }
+        };
+
+        let sources: Vec<SecretSource> = [
+            inline.map(SecretSource::Inline),
+            secret_env.map(SecretSource::Env),
+            secret_file.map(|f| SecretSource::File(anchor(base, Path::new(&f)))),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if sources.len() > 1 {
+            problems.push(format!(
+                "{label}: give exactly one of `secret`, `secret_env` or `secret_file`"
+            ));
+        }
+        let secret = sources.into_iter().next();
+        if principal.is_some() != secret.is_some() {
+            problems.push(format!(
+                "{label}: `principal` and a secret (`secret`, `secret_env` or `secret_file`) go together: give both or neither"
+            ));
+        }
+
+        let limits = match table.get("limits") {
+            None => Limits::default(),
+            Some(v) => match v.clone().try_into::<Limits>() {
+                Ok(l) => l,
+                Err(e) => {
+                    problems.push(format!("{label}: [limits]: {}", e.message()));
+                    Limits::default()
+                }
+            },
+        };
+        if !(limits.cpu_seconds > 0.0 && limits.cpu_seconds <= 86_400.0) {
+            problems.push(format!("{label}: limits.cpu_seconds must be in (0, 86400]"));
+        }
+        if limits.memory_mib < 16 || limits.memory_mib > 4096 {
+            problems.push(format!("{label}: limits.memory_mib must be from 16 to 4096"));
+        }
+        if limits.run_timeout_secs == 0 {
+            problems.push(format!("{label}: limits.run_timeout_secs must be at least 1"));
+        }
+
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let (name, tenant, component, allowed) = (
+            name.expect("checked"),
+            tenant.expect("checked"),
+            component.expect("checked"),
+            allowed.expect("checked"),
+        );
+
+        // What the component sees: its own keys plus the resolved host keys,
+        // never a secret.
+        let mut component_config = serde_json::Map::new();
+        for (k, v) in &table {
+            if HOST_KEYS.contains(&k.as_str()) || SECRET_KEYS.contains(&k.as_str()) {
+                continue;
+            }
+            component_config.insert(k.clone(), toml_to_json(v.clone()));
+        }
+        component_config.insert("name".into(), name.clone().into());
+        component_config.insert("tenant".into(), tenant.clone().into());
+        component_config.insert("component".into(), component.clone().into());
+        component_config.insert("host_url".into(), host_url.clone().into());
+        component_config.insert("interval_min".into(), interval_min.into());
+
+        Ok(ConnectorConfig {
+            name,
+            tenant,
+            component,
+            host_url,
+            allowed,
+            interval_min,
+            principal,
+            secret,
+            limits,
+            component_config,
+        })
+    }
+
+    /// The JSON configuration handed to the component.
+    pub fn component_config_json(&self) -> String {
+        serde_json::Value::Object(self.component_config.clone()).to_string()
+    }
+
+    /// Resolves the credential from its source. Called per run, so a rotated
+    /// secret file or variable takes effect without a restart.
+    pub fn credential(&self) -> Result<Option<Credential>> {
+        let (Some(principal), Some(source)) = (&self.principal, &self.secret) else {
+            return Ok(None);
+        };
+        let secret = match source {
+            SecretSource::Inline(s) => s.clone(),
+            SecretSource::Env(var) => std::env::var(var).with_context(|| {
+                format!(
+                    "connector `{}`: the environment variable {var} named by `secret_env` is not set",
+                    self.name
+                )
+            })?,
+            SecretSource::File(path) => std::fs::read_to_string(path)
+                .with_context(|| {
+                    format!(
+                        "connector `{}`: cannot read `secret_file` {}",
+                        self.name,
+                        path.display()
+                    )
+                })?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+        };
+        if secret.is_empty() {
+            bail!("connector `{}`: the secret is empty", self.name);
+        }
+        Ok(Some(Credential {
+            principal: principal.clone(),
+            secret,
+        }))
+    }
+}
+
+/// Names end up in keys, file names and log lines: keep them plain ASCII.
+pub fn check_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(format!("`{name}` must be 1 to 64 characters long"));
+    }
+    if !name.is_ascii() {
+        return Err(format!(
+            "`{name}` contains non-ASCII (multibyte) characters: use only ASCII letters, digits, '-', '_' and '.'"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "`{name}` contains {c:?}: use only ASCII letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+/// Validates a Host URL and derives the one origin the sandbox may reach.
+/// `https` is required unless the host is loopback (local simulators, tests).
+pub fn parse_host_url(url: &str) -> Result<(String, AllowedOrigin)> {
+    let trimmed = url.trim().trim_end_matches('/');
+    let uri: http::Uri = trimmed
+        .parse()
+        .with_context(|| format!("`host_url` `{url}` is not a valid URL (e.g. https://tap-api-v2.proofpoint.com)"))?;
+    let scheme = uri
+        .scheme_str()
+        .with_context(|| format!("`host_url` `{url}` needs a scheme: https://..."))?
+        .to_ascii_lowercase();
+    let host = uri
+        .host()
+        .with_context(|| format!("`host_url` `{url}` has no host name"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    if uri.query().is_some() {
+        bail!("`host_url` `{url}` must not contain a query string");
+    }
+    if !trimmed.is_ascii() {
+        bail!("`host_url` `{url}` must be ASCII (use the punycode form of the host name)");
+    }
+    let port = match (uri.port_u16(), scheme.as_str()) {
+        (Some(p), _) => p,
+        (None, "https") => 443,
+        (None, "http") => 80,
+        (None, other) => bail!("`host_url` `{url}`: unsupported scheme `{other}` (use https)"),
+    };
+    match scheme.as_str() {
+        "https" => {}
+        "http" if is_loopback_host(&host) => {}
+        "http" => bail!(
+            "`host_url` `{url}` must use https: plain http is only allowed for loopback hosts (127.0.0.1, ::1, localhost)"
+        ),
+        other => bail!("`host_url` `{url}`: unsupported scheme `{other}` (use https)"),
+    }
+    Ok((trimmed.to_string(), AllowedOrigin { scheme, host, port }))
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<IpAddr>()
+            .map(|ip| ip.is_loopback())
+            .unwrap_or(false)
+}
+
+fn toml_to_json(v: toml::Value) -> serde_json::Value {
+    match v {
+        toml::Value::String(s) => s.into(),
+        toml::Value::Integer(i) => i.into(),
+        toml::Value::Float(f) => serde_json::Number::from_f64(f)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
+        toml::Value::Boolean(b) => b.into(),
+        toml::Value::Datetime(d) => d.to_string().into(),
+        toml::Value::Array(a) => a.into_iter().map(toml_to_json).collect(),
+        toml::Value::Table(t) => t
+            .into_iter()
+            .map(|(k, v)| (k, toml_to_json(v)))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/etc/dphost/dphost.toml"))
+    }
+
+    const GOOD: &str = r#"
+        [host]
+        data_dir = "data"
+        [[connector]]
+        name = "acme-proofpoint_tap"
+        tenant = "acme"
+        component = "proofpoint_tap"
+        host_url = "https://tap-api-v2.proofpoint.com/"
+        principal = "p"
+        secret = "s3cret"
+        interval_min = 5
+        content_types = ["events", "threats"]
+        initial_lookback_hours = 24
+    "#;
+
+    #[test]
+    fn good_config_resolves_paths_and_hides_the_secret_from_the_component() {
+        let cfg = parse(GOOD).unwrap();
+        assert_eq!(cfg.host.data_dir, Path::new("/etc/dphost/data"));
+        assert_eq!(cfg.host.components_dir, Path::new("/etc/dphost/components"));
+        let c = &cfg.connectors[0];
+        assert_eq!(c.host_url, "https://tap-api-v2.proofpoint.com");
+        assert_eq!(c.allowed.port, 443);
+        let json = c.component_config_json();
+        assert!(!json.contains("s3cret"), "{json}");
+        assert!(!json.contains("secret"), "{json}");
+        assert!(json.contains("\"initial_lookback_hours\":24"));
+        assert!(json.contains("\"tenant\":\"acme\""));
+        assert_eq!(
+            c.credential().unwrap().unwrap(),
+            Credential { principal: "p".into(), secret: "s3cret".into() }
+        );
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn multibyte_names_are_rejected_with_a_clear_error() {
+        let text = GOOD.replace("acme-proofpoint_tap", "acmé-tap");
+        let err = format!("{:#}", parse(&text).unwrap_err());
+        assert!(err.contains("non-ASCII"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback() {
+        let err = format!(
+            "{:#}",
+            parse(&GOOD.replace("https://tap-api-v2.proofpoint.com/", "http://tap.example.com"))
+                .unwrap_err()
+        );
+        assert!(err.contains("must use https"), "{err}");
+        for ok in ["http://127.0.0.1:8080", "http://localhost:9", "http://[::1]:80"] {
+            let cfg = parse(&GOOD.replace("https://tap-api-v2.proofpoint.com/", ok)).unwrap();
+            assert_eq!(cfg.connectors[0].allowed.scheme, "http", "{ok}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+            [[connector]]
+            name = "a"
+            tenant = "t"
+            component = "c"
+            host_url = "ftp://x"
+            interval_min = 0
+            [[connector]]
+            name = "a"
+            tenant = "t"
+            component = "c"
+            host_url = "https://x"
+            secret = "only-a-secret"
+        "#;
+        let err = format!("{:#}", parse(text).unwrap_err());
+        assert!(err.contains("interval_min"), "{err}");
+        assert!(err.contains("unsupported scheme"), "{err}");
+        assert!(err.contains("go together"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected() {
+        let text = format!("{GOOD}\n{}", &GOOD[GOOD.find("[[connector]]").unwrap()..]);
+        let err = format!("{:#}", parse(&text).unwrap_err());
+        assert!(err.contains("defined twice"), "{err}");
+    }
+
+    #[test]
+    fn origin_matching_uses_default_ports() {
+        let (_, o) = parse_host_url("https://Tap.Example.com").unwrap();
+        assert!(o.matches("https", "tap.example.com", None));
+        assert!(o.matches("https", "tap.example.com", Some(443)));
+        assert!(!o.matches("http", "tap.example.com", Some(443)));
+        assert!(!o.matches("https", "tap.example.com", Some(8443)));
+        assert!(!o.matches("https", "evil.example.com", None));
+    }
+
+    #[test]
+    fn secret_from_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("s"), "from-file\n").unwrap();
+        let text = GOOD.replace("secret = \"s3cret\"", "secret_file = \"s\"");
+        let cfg = Config::parse(&text, &dir.path().join("dphost.toml")).unwrap();
+        assert_eq!(cfg.connectors[0].credential().unwrap().unwrap().secret, "from-file");
+        let text = GOOD.replace("secret = \"s3cret\"", "secret_env = \"DPHOST_TEST_UNSET_VAR\"");
+        let err = parse(&text).unwrap().connectors[0].credential().unwrap_err();
+        assert!(format!("{err:#}").contains("DPHOST_TEST_UNSET_VAR"));
+    }
+}

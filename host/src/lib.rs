@@ -1,0 +1,18 @@
+//! dphost: a sandboxed, multi-tenant runtime for security-data connectors.
+//!
+//! - `config`: the operator's TOML file;
+//! - `runtime`: the wasmtime engine, the components folder, one sandbox per call;
+//! - `caps`: what a sandbox may use, one module per imported WIT interface;
+//! - `store`: the embedded SQLite store (state, indexes, outbox, run history);
+//! - `scheduler`: `dphost run`;
+//! - `search`: the query language of `dphost search`;
+//! - `commands`: the CLI's subcommands.
+
+pub mod bindings;
+pub mod caps;
+pub mod commands;
+pub mod config;
+pub mod runtime;
+pub mod scheduler;
+pub mod search;
+pub mod store;

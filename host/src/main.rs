@@ -1,0 +1,137 @@
+//! `dphost`: a sandboxed, multi-tenant runtime for security-data connectors.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use dphost::commands;
+
+/// Runs connector components (WebAssembly, WASI 0.2) for many tenants, each
+/// in its own sandbox, and keeps what they collect in an embedded store.
+///
+/// Start with `dphost once` to collect once and see what lands, then
+/// `dphost search 'msg_class:proofpoint_tap_event'` to look at it, and
+/// `dphost run` to keep collecting on schedule.
+#[derive(Parser, Debug)]
+#[command(name = "dphost", version, propagate_version = true)]
+struct Cli {
+    /// The configuration file ([host] and [[connector]] tables).
+    #[arg(long, short, global = true, default_value = "dphost.toml", env = "DPHOST_CONFIG")]
+    config: PathBuf,
+
+    /// Log filter, e.g. `info`, `debug`, `dphost=debug` (also RUST_LOG).
+    #[arg(long, global = true, env = "DPHOST_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the scheduler: every connector every `interval_min` minutes, runs
+    /// of different tenants concurrently, until Ctrl-C.
+    Run,
+    /// One collection cycle per connector (catching up to now), then exit.
+    /// Exits non-zero if any connector failed.
+    Once {
+        /// Only this connector.
+        #[arg(long)]
+        connector: Option<String>,
+    },
+    /// Test a connector's connectivity and credentials with the cheapest
+    /// request its API offers, and explain any failure.
+    Test {
+        /// The connector's `name` in the configuration.
+        name: String,
+    },
+    /// Search stored records: `field:value` terms on dotted paths, joined by
+    /// AND; `*` is a wildcard; a bare word matches any text in the record.
+    ///
+    /// Examples: 'msg_class:proofpoint_tap_event',
+    /// 'event_type:clickPermitted AND tenant_name:acme',
+    /// 'proofpoint_tap.sender:*@example.com'.
+    Search {
+        /// The index to search.
+        #[arg(long, default_value = "syslog", value_parser = ["syslog", "alerts", "quarantine"])]
+        index: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Ndjson)]
+        format: Format,
+        /// Print only the number of matching records.
+        #[arg(long)]
+        count: bool,
+        /// Stop after this many records.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The query (several arguments are joined with AND).
+        #[arg(required = true)]
+        query: Vec<String>,
+    },
+    /// Check the configuration and every connector's component-specific keys.
+    Check,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    /// One JSON record per line.
+    Ndjson,
+    /// An aligned table of the main fields.
+    Table,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Run => commands::run(&cli.config).await,
+            Command::Once { connector } => commands::once(&cli.config, connector.as_deref()).await,
+            Command::Test { name } => commands::test(&cli.config, &name).await,
+            Command::Check => commands::check(&cli.config).await,
+            Command::Search {
+                index,
+                format,
+                count,
+                limit,
+                query,
+            } => commands::search(
+                &cli.config,
+                &index,
+                match format {
+                    Format::Ndjson => commands::OutputFormat::Ndjson,
+                    Format::Table => commands::OutputFormat::Table,
+                },
+                count,
+                limit,
+                &query.join(" "),
+            ),
+        }
+    })
+}
+
+fn init_logging(filter: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(filter).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

@@ -1,0 +1,535 @@
+//! The embedded data store: one SQLite file (WAL) under `data_dir` holding,
+//! per connector instance, its state keys, the Syslog / Alerts / Quarantine
+//! indexes, the action outbox and the run history.
+//!
+//! Every `sink.commit` is one transaction, so a checkpoint moves only together
+//! with the records it covers, and a crash at any point leaves either all of a
+//! batch or none of it.
+
+use anyhow::{bail, Context, Result};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The indexes of the data lake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Index {
+    Syslog,
+    Alerts,
+    Quarantine,
+}
+
+impl Index {
+    pub const ALL: [Index; 3] = [Index::Syslog, Index::Alerts, Index::Quarantine];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Index::Syslog => "syslog",
+            Index::Alerts => "alerts",
+            Index::Quarantine => "quarantine",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Index> {
+        Index::ALL
+            .into_iter()
+            .find(|i| i.as_str() == s)
+            .with_context(|| format!("unknown index `{s}`: use syslog, alerts or quarantine"))
+    }
+}
+
+/// How a record is written when its id is already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Keep the stored record (the new one is a duplicate).
+    Insert,
+    /// Replace the stored body.
+    Upsert,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub index: Index,
+    pub id: String,
+    pub body: String,
+    pub mode: WriteMode,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewAction {
+    pub id: String,
+    pub kind: String,
+    pub target: String,
+    pub reason: String,
+    pub params: String,
+}
+
+/// One atomic commit from a connector run.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    pub records: Vec<NewRecord>,
+    pub actions: Vec<NewAction>,
+    /// `None` deletes the key.
+    pub state: Vec<(String, Option<Vec<u8>>)>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitOutcome {
+    pub written: u32,
+    pub duplicates: u32,
+    pub actions_queued: u32,
+}
+
+/// Who a commit belongs to: the host fills this in, never the component.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub connector: String,
+    pub tenant: String,
+}
+
+/// A stored record as search returns it.
+#[derive(Debug, Clone)]
+pub struct StoredRecord {
+    pub seq: i64,
+    pub index: String,
+    pub connector: String,
+    pub tenant: String,
+    pub id: String,
+    pub body: String,
+}
+
+/// How a run ended, as kept in the run history.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    pub connector: String,
+    pub tenant: String,
+    pub operation: String,
+    pub started_ms: i64,
+    pub ended_ms: i64,
+    pub outcome: String,
+    pub summary: Option<String>,
+    pub error: Option<String>,
+}
+
+pub struct Store {
+    path: PathBuf,
+    // Writes are serialised (SQLite has one writer); reads use their own
+    // connection so a search or a state lookup never waits on a commit.
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS state (
+    connector  TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    value      BLOB NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (connector, key)
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS records (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    idx        TEXT NOT NULL,
+    connector  TEXT NOT NULL,
+    tenant     TEXT NOT NULL,
+    record_id  TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    written_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    UNIQUE (connector, idx, record_id)
+);
+CREATE INDEX IF NOT EXISTS records_by_index ON records (idx, seq);
+
+CREATE TABLE IF NOT EXISTS outbox (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    connector  TEXT NOT NULL,
+    tenant     TEXT NOT NULL,
+    action_id  TEXT NOT NULL,
+    kind       TEXT NOT NULL,
+    target     TEXT NOT NULL,
+    reason     TEXT NOT NULL,
+    params     TEXT NOT NULL,
+    status     TEXT NOT NULL DEFAULT 'pending',
+    attempts   INTEGER NOT NULL DEFAULT 0,
+    outcome    TEXT,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    UNIQUE (connector, action_id)
+);
+
+CREATE TABLE IF NOT EXISTS runs (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    connector  TEXT NOT NULL,
+    tenant     TEXT NOT NULL,
+    operation  TEXT NOT NULL,
+    started_ms INTEGER NOT NULL,
+    ended_ms   INTEGER NOT NULL,
+    outcome    TEXT NOT NULL,
+    summary    TEXT,
+    error      TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_by_connector ON runs (connector, id);
+"#;
+
+/// The schema version this build writes; bumped with every migration.
+const SCHEMA_VERSION: i64 = 1;
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating if needed) `data_dir/dphost.db`.
+    pub fn open(data_dir: &Path) -> Result<Store> {
+        std::fs::create_dir_all(data_dir).with_context(|| {
+            format!("cannot create the data directory {}", data_dir.display())
+        })?;
+        let path = data_dir.join("dphost.db");
+        let writer = open_connection(&path)?;
+        let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            bail!(
+                "{} was written by a newer dphost (schema {version}, this build knows {SCHEMA_VERSION}): upgrade dphost",
+                path.display()
+            );
+        }
+        writer
+            .execute_batch(SCHEMA)
+            .with_context(|| format!("cannot create the schema in {}", path.display()))?;
+        writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        let reader = open_connection(&path)?;
+        Ok(Store {
+            path,
+            writer: Mutex::new(writer),
+            reader: Mutex::new(reader),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn state_get(&self, connector: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        let conn = self.reader.lock().expect("store reader poisoned");
+        let mut stmt =
+            conn.prepare_cached("SELECT value FROM state WHERE connector = ?1 AND key = ?2")?;
+        let value = stmt
+            .query_row(params![connector, key], |r| r.get(0))
+            .optional()
+            .context("reading connector state")?;
+        Ok(value)
+    }
+
+    /// Applies a whole batch in one transaction: all of it or none of it.
+    pub fn commit(&self, owner: &Owner, batch: &Batch) -> Result<CommitOutcome> {
+        let mut conn = self.writer.lock().expect("store writer poisoned");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        let mut outcome = CommitOutcome::default();
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO records (idx, connector, tenant, record_id, body, written_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+                 ON CONFLICT (connector, idx, record_id) DO NOTHING",
+            )?;
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO records (idx, connector, tenant, record_id, body, written_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+                 ON CONFLICT (connector, idx, record_id)
+                 DO UPDATE SET body = excluded.body, updated_ms = excluded.updated_ms",
+            )?;
+            for r in &batch.records {
+                let stmt = match r.mode {
+                    WriteMode::Insert => &mut insert,
+                    WriteMode::Upsert => &mut upsert,
+                };
+                let n = stmt.execute(params![
+                    r.index.as_str(),
+                    owner.connector,
+                    owner.tenant,
+                    r.id,
+                    r.body,
+                    now
+                ])?;
+                if n == 0 {
+                    outcome.duplicates += 1;
+                } else {
+                    outcome.written += 1;
+                }
+            }
+            let mut queue = tx.prepare_cached(
+                "INSERT INTO outbox (connector, tenant, action_id, kind, target, reason, params, created_ms, updated_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
+                 ON CONFLICT (connector, action_id) DO NOTHING",
+            )?;
+            for a in &batch.actions {
+                outcome.actions_queued += queue.execute(params![
+                    owner.connector,
+                    owner.tenant,
+                    a.id,
+                    a.kind,
+                    a.target,
+                    a.reason,
+                    a.params,
+                    now
+                ])? as u32;
+            }
+            let mut set = tx.prepare_cached(
+                "INSERT INTO state (connector, key, value, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (connector, key) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms",
+            )?;
+            let mut delete = tx.prepare_cached("DELETE FROM state WHERE connector = ?1 AND key = ?2")?;
+            for (key, value) in &batch.state {
+                match value {
+                    Some(v) => set.execute(params![owner.connector, key, v, now])?,
+                    None => delete.execute(params![owner.connector, key])?,
+                };
+            }
+        }
+        tx.commit().context("committing the batch")?;
+        Ok(outcome)
+    }
+
+    /// For each id, whether it is stored in `index` for `connector`.
+    pub fn contains(&self, connector: &str, index: Index, ids: &[String]) -> Result<Vec<bool>> {
+        let conn = self.reader.lock().expect("store reader poisoned");
+        let mut stmt = conn.prepare_cached(
+            "SELECT 1 FROM records WHERE connector = ?1 AND idx = ?2 AND record_id = ?3",
+        )?;
+        ids.iter()
+            .map(|id| Ok(stmt.exists(params![connector, index.as_str(), id])?))
+            .collect()
+    }
+
+    pub fn record_run(&self, run: &RunRecord) -> Result<()> {
+        let conn = self.writer.lock().expect("store writer poisoned");
+        conn.prepare_cached(
+            "INSERT INTO runs (connector, tenant, operation, started_ms, ended_ms, outcome, summary, error)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![
+            run.connector,
+            run.tenant,
+            run.operation,
+            run.started_ms,
+            run.ended_ms,
+            run.outcome,
+            run.summary,
+            run.error
+        ])?;
+        Ok(())
+    }
+
+    /// The most recent runs of `connector`, newest first.
+    pub fn recent_runs(&self, connector: &str, limit: usize) -> Result<Vec<RunRecord>> {
+        let conn = self.reader.lock().expect("store reader poisoned");
+        let mut stmt = conn.prepare_cached(
+            "SELECT connector, tenant, operation, started_ms, ended_ms, outcome, summary, error
+             FROM runs WHERE connector = ?1 ORDER BY id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![connector, limit as i64], |r| {
+            Ok(RunRecord {
+                connector: r.get(0)?,
+                tenant: r.get(1)?,
+                operation: r.get(2)?,
+                started_ms: r.get(3)?,
+                ended_ms: r.get(4)?,
+                outcome: r.get(5)?,
+                summary: r.get(6)?,
+                error: r.get(7)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Streams the records of `index` in commit order. Each `must_contain`
+    /// string must occur in the body (case-insensitively): a cheap SQL
+    /// prefilter; the caller does the exact matching.
+    pub fn scan(
+        &self,
+        index: Index,
+        must_contain: &[String],
+        mut visit: impl FnMut(StoredRecord) -> Result<bool>,
+    ) -> Result<()> {
+        let conn = self.reader.lock().expect("store reader poisoned");
+        let mut sql = String::from(
+            "SELECT seq, idx, connector, tenant, record_id, body FROM records WHERE idx = ?1",
+        );
+        for i in 0..must_contain.len() {
+            sql.push_str(&format!(" AND body LIKE ?{} ESCAPE '\\'", i + 2));
+        }
+        sql.push_str(" ORDER BY seq");
+        let mut stmt = conn.prepare(&sql)?;
+        let mut values: Vec<String> = vec![index.as_str().to_string()];
+        values.extend(must_contain.iter().map(|s| format!("%{}%", escape_like(s))));
+        let mut rows = stmt.query(rusqlite::params_from_iter(values.iter()))?;
+        while let Some(r) = rows.next()? {
+            let rec = StoredRecord {
+                seq: r.get(0)?,
+                index: r.get(1)?,
+                connector: r.get(2)?,
+                tenant: r.get(3)?,
+                id: r.get(4)?,
+                body: r.get(5)?,
+            };
+            if !visit(rec)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of records per index for `connector` (all connectors if None).
+    pub fn count(&self, index: Index, connector: Option<&str>) -> Result<u64> {
+        let conn = self.reader.lock().expect("store reader poisoned");
+        let n: i64 = match connector {
+            Some(c) => conn.query_row(
+                "SELECT count(*) FROM records WHERE idx = ?1 AND connector = ?2",
+                params![index.as_str(), c],
+                |r| r.get(0),
+            )?,
+            None => conn.query_row(
+                "SELECT count(*) FROM records WHERE idx = ?1",
+                params![index.as_str()],
+                |r| r.get(0),
+            )?,
+        };
+        Ok(n as u64)
+    }
+}
+
+fn escape_like(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn open_connection(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)
+        .with_context(|| format!("cannot open the store {}", path.display()))?;
+    // WAL: readers never block the writer; NORMAL sync is durable across
+    // process crashes (the WAL is fsynced at checkpoints), which is the
+    // failure this store is built for.
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(Duration::from_secs(30))?;
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner() -> Owner {
+        Owner {
+            connector: "c1".into(),
+            tenant: "t1".into(),
+        }
+    }
+
+    fn rec(id: &str, body: &str, mode: WriteMode) -> NewRecord {
+        NewRecord {
+            index: Index::Syslog,
+            id: id.into(),
+            body: body.into(),
+            mode,
+        }
+    }
+
+    #[test]
+    fn commit_is_idempotent_for_inserts_and_replaces_upserts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let batch = Batch {
+            records: vec![
+                rec("a", r#"{"n":1}"#, WriteMode::Insert),
+                rec("b", r#"{"n":2}"#, WriteMode::Upsert),
+            ],
+            actions: vec![NewAction {
+                id: "x".into(),
+                kind: "disable-user".into(),
+                target: "u@example.com".into(),
+                reason: "r".into(),
+                params: "{}".into(),
+            }],
+            state: vec![("checkpoint".into(), Some(b"10".to_vec()))],
+        };
+        let first = store.commit(&owner(), &batch).unwrap();
+        assert_eq!(first, CommitOutcome { written: 2, duplicates: 0, actions_queued: 1 });
+        let mut again = batch.clone();
+        again.records[1].body = r#"{"n":3}"#.into();
+        let second = store.commit(&owner(), &again).unwrap();
+        assert_eq!(second, CommitOutcome { written: 1, duplicates: 1, actions_queued: 0 });
+        let mut bodies = Vec::new();
+        store
+            .scan(Index::Syslog, &[], |r| {
+                bodies.push(r.body);
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(bodies, vec![r#"{"n":1}"#, r#"{"n":3}"#]);
+        assert_eq!(store.state_get("c1", "checkpoint").unwrap(), Some(b"10".to_vec()));
+        assert_eq!(store.state_get("other", "checkpoint").unwrap(), None);
+        assert_eq!(
+            store.contains("c1", Index::Syslog, &["a".into(), "zz".into()]).unwrap(),
+            vec![true, false]
+        );
+        assert_eq!(
+            store.contains("other", Index::Syslog, &["a".into()]).unwrap(),
+            vec![false]
+        );
+    }
+
+    #[test]
+    fn state_deletes_and_reopen_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut b = Batch::default();
+            b.state.push(("k".into(), Some(b"v".to_vec())));
+            b.state.push(("gone".into(), Some(b"v".to_vec())));
+            store.commit(&owner(), &b).unwrap();
+            let b = Batch {
+                state: vec![("gone".into(), None)],
+                ..Default::default()
+            };
+            store.commit(&owner(), &b).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.state_get("c1", "k").unwrap(), Some(b"v".to_vec()));
+        assert_eq!(store.state_get("c1", "gone").unwrap(), None);
+    }
+
+    #[test]
+    fn scan_prefilter_escapes_like_wildcards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let b = Batch {
+            records: vec![
+                rec("1", r#"{"v":"100%"}"#, WriteMode::Insert),
+                rec("2", r#"{"v":"1000"}"#, WriteMode::Insert),
+            ],
+            ..Default::default()
+        };
+        store.commit(&owner(), &b).unwrap();
+        let mut ids = Vec::new();
+        store
+            .scan(Index::Syslog, &["100%".into()], |r| {
+                ids.push(r.id);
+                Ok(true)
+            })
+            .unwrap();
+        assert_eq!(ids, vec!["1"]);
+    }
+}
