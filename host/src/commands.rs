@@ -58,7 +58,6 @@ pub async fn once(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
     let mut failed = 0;
     let mut out = std::io::stdout().lock();
     for (_, r) in &reports {
-        scheduler::log_report(r);
         writeln!(out, "{}", describe_collect(r))?;
         if r.result.is_err() {
             failed += 1;
@@ -90,7 +89,10 @@ fn describe_collect(r: &CallReport) -> String {
                 }
                 for key in ["quarantined", "threats", "checkpoint"] {
                     if let Some(v) = s.get(key).filter(|v| !v.is_null()) {
-                        line.push_str(&format!("\n  {key}: {}", v.as_str().map(str::to_string).unwrap_or(v.to_string())));
+                        line.push_str(&format!(
+                            "\n  {key}: {}",
+                            v.as_str().map(str::to_string).unwrap_or(v.to_string())
+                        ));
                     }
                 }
             }
@@ -99,7 +101,11 @@ fn describe_collect(r: &CallReport) -> String {
             }
             line
         }
-        Err(f) => format!("{head}: FAILED ({}) after {:.1?}: {f}", f.status(), r.elapsed),
+        Err(f) => format!(
+            "{head}: FAILED ({}) after {:.1?}: {f}",
+            f.status(),
+            r.elapsed
+        ),
     }
 }
 
@@ -140,7 +146,11 @@ pub async fn check(config_path: &Path) -> Result<ExitCode> {
         config.connectors.len(),
         bad
     );
-    Ok(if bad == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 pub fn search(
@@ -184,15 +194,30 @@ pub fn search(
     Ok(ExitCode::SUCCESS)
 }
 
-const TABLE_HEADER: [&str; 6] = ["TIME", "TENANT", "CONNECTOR", "MSG_CLASS", "EVENT_TYPE", "ID"];
+const TABLE_HEADER: [&str; 6] = [
+    "TIME",
+    "TENANT",
+    "CONNECTOR",
+    "MSG_CLASS",
+    "EVENT_TYPE",
+    "ID",
+];
 
 fn table_row(connector: &str, id: &str, body: &serde_json::Value) -> [String; 6] {
-    let text = |k: &str| body.get(k).and_then(|v| v.as_str()).unwrap_or("-").to_string();
+    let text = |k: &str| {
+        body.get(k)
+            .and_then(|v| v.as_str())
+            .unwrap_or("-")
+            .to_string()
+    };
     let time = body
         .get("timestamp")
         .and_then(|v| v.as_i64())
         .and_then(|ms| time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok())
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| "-".into());
     [
         time,

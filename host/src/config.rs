@@ -186,9 +186,16 @@ pub struct AllowedOrigin {
 impl AllowedOrigin {
     /// Whether `scheme://authority` names this origin (default ports included).
     pub fn matches(&self, scheme: &str, host: &str, port: Option<u16>) -> bool {
-        let default_port = if scheme.eq_ignore_ascii_case("https") { 443 } else { 80 };
+        let default_port = if scheme.eq_ignore_ascii_case("https") {
+            443
+        } else {
+            80
+        };
         scheme.eq_ignore_ascii_case(&self.scheme)
-            && host.trim_start_matches('[').trim_end_matches(']').eq_ignore_ascii_case(&self.host)
+            && host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .eq_ignore_ascii_case(&self.host)
             && port.unwrap_or(default_port) == self.port
     }
 }
@@ -291,14 +298,21 @@ impl Config {
     }
 
     pub fn connector(&self, name: &str) -> Result<&ConnectorConfig> {
-        self.connectors.iter().find(|c| c.name == name).with_context(|| {
-            let known: Vec<_> = self.connectors.iter().map(|c| c.name.as_str()).collect();
-            format!(
-                "no connector named `{name}` in {} (configured: {})",
-                self.path.display(),
-                if known.is_empty() { "none".to_string() } else { known.join(", ") }
-            )
-        })
+        self.connectors
+            .iter()
+            .find(|c| c.name == name)
+            .with_context(|| {
+                let known: Vec<_> = self.connectors.iter().map(|c| c.name.as_str()).collect();
+                format!(
+                    "no connector named `{name}` in {} (configured: {})",
+                    self.path.display(),
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )
+            })
     }
 }
 
@@ -415,10 +429,14 @@ impl ConnectorConfig {
             problems.push(format!("{label}: limits.cpu_seconds must be in (0, 86400]"));
         }
         if limits.memory_mib < 16 || limits.memory_mib > 4096 {
-            problems.push(format!("{label}: limits.memory_mib must be from 16 to 4096"));
+            problems.push(format!(
+                "{label}: limits.memory_mib must be from 16 to 4096"
+            ));
         }
         if limits.run_timeout_secs == 0 {
-            problems.push(format!("{label}: limits.run_timeout_secs must be at least 1"));
+            problems.push(format!(
+                "{label}: limits.run_timeout_secs must be at least 1"
+            ));
         }
 
         if !problems.is_empty() {
@@ -525,9 +543,9 @@ pub fn check_name(name: &str) -> std::result::Result<(), String> {
 /// `https` is required unless the host is loopback (local simulators, tests).
 pub fn parse_host_url(url: &str) -> Result<(String, AllowedOrigin)> {
     let trimmed = url.trim().trim_end_matches('/');
-    let uri: http::Uri = trimmed
-        .parse()
-        .with_context(|| format!("`host_url` `{url}` is not a valid URL (e.g. https://tap-api-v2.proofpoint.com)"))?;
+    let uri: http::Uri = trimmed.parse().with_context(|| {
+        format!("`host_url` `{url}` is not a valid URL (e.g. https://tap-api-v2.proofpoint.com)")
+    })?;
     let scheme = uri
         .scheme_str()
         .with_context(|| format!("`host_url` `{url}` needs a scheme: https://..."))?
@@ -625,7 +643,10 @@ mod tests {
         assert!(json.contains("\"tenant\":\"acme\""));
         assert_eq!(
             c.credential().unwrap().unwrap(),
-            Credential { principal: "p".into(), secret: "s3cret".into() }
+            Credential {
+                principal: "p".into(),
+                secret: "s3cret".into()
+            }
         );
         assert!(!format!("{c:?}").contains("s3cret"));
     }
@@ -641,11 +662,18 @@ mod tests {
     fn plain_http_only_for_loopback() {
         let err = format!(
             "{:#}",
-            parse(&GOOD.replace("https://tap-api-v2.proofpoint.com/", "http://tap.example.com"))
-                .unwrap_err()
+            parse(&GOOD.replace(
+                "https://tap-api-v2.proofpoint.com/",
+                "http://tap.example.com"
+            ))
+            .unwrap_err()
         );
         assert!(err.contains("must use https"), "{err}");
-        for ok in ["http://127.0.0.1:8080", "http://localhost:9", "http://[::1]:80"] {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "http://localhost:9",
+            "http://[::1]:80",
+        ] {
             let cfg = parse(&GOOD.replace("https://tap-api-v2.proofpoint.com/", ok)).unwrap();
             assert_eq!(cfg.connectors[0].allowed.scheme, "http", "{ok}");
         }
@@ -696,9 +724,17 @@ mod tests {
         std::fs::write(dir.path().join("s"), "from-file\n").unwrap();
         let text = GOOD.replace("secret = \"s3cret\"", "secret_file = \"s\"");
         let cfg = Config::parse(&text, &dir.path().join("dphost.toml")).unwrap();
-        assert_eq!(cfg.connectors[0].credential().unwrap().unwrap().secret, "from-file");
-        let text = GOOD.replace("secret = \"s3cret\"", "secret_env = \"DPHOST_TEST_UNSET_VAR\"");
-        let err = parse(&text).unwrap().connectors[0].credential().unwrap_err();
+        assert_eq!(
+            cfg.connectors[0].credential().unwrap().unwrap().secret,
+            "from-file"
+        );
+        let text = GOOD.replace(
+            "secret = \"s3cret\"",
+            "secret_env = \"DPHOST_TEST_UNSET_VAR\"",
+        );
+        let err = parse(&text).unwrap().connectors[0]
+            .credential()
+            .unwrap_err();
         assert!(format!("{err:#}").contains("DPHOST_TEST_UNSET_VAR"));
     }
 }

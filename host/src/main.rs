@@ -17,7 +17,13 @@ use dphost::commands;
 #[command(name = "dphost", version, propagate_version = true)]
 struct Cli {
     /// The configuration file ([host] and [[connector]] tables).
-    #[arg(long, short, global = true, default_value = "dphost.toml", env = "DPHOST_CONFIG")]
+    #[arg(
+        long,
+        short,
+        global = true,
+        default_value = "dphost.toml",
+        env = "DPHOST_CONFIG"
+    )]
     config: PathBuf,
 
     /// Log filter, e.g. `info`, `debug`, `dphost=debug` (also RUST_LOG).
@@ -94,7 +100,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         match cli.command {
             Command::Run => commands::run(&cli.config).await,
@@ -129,8 +137,10 @@ fn init_logging(filter: &str) {
         .and_then(|f| EnvFilter::try_new(f).ok())
         .or_else(|| EnvFilter::try_new(filter).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();

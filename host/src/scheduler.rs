@@ -45,10 +45,8 @@ pub async fn run(config: Arc<Config>, runtime: Arc<Runtime>) -> anyhow::Result<(
     );
     let _ = stop_tx.send(true);
     let grace = Duration::from_secs(config.host.shutdown_grace_secs);
-    let drained = tokio::time::timeout(grace, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(
             "{} run(s) still in progress after the grace period were cancelled; their uncommitted work is collected again on the next start",

@@ -51,16 +51,29 @@ impl Query {
         // SQLite's LIKE folds ASCII case only, and JSON escapes quotes,
         // backslashes and control characters: use only plain ASCII text.
         let verbatim = |s: &str| {
-            !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() || c == ' ') && !s.contains(['"', '\\'])
+            !s.is_empty()
+                && s.chars().all(|c| c.is_ascii_graphic() || c == ' ')
+                && !s.contains(['"', '\\'])
         };
         let mut out = Vec::new();
         for t in &self.terms {
             match t {
-                Term::Field { pattern: Pattern::Exact(v), .. } | Term::Anywhere(v) if verbatim(v) => {
+                Term::Field {
+                    pattern: Pattern::Exact(v),
+                    ..
+                }
+                | Term::Anywhere(v)
+                    if verbatim(v) =>
+                {
                     out.push(v.clone())
                 }
-                Term::Field { pattern: Pattern::Wildcard(parts), .. } => {
-                    if let Some(longest) = parts.iter().filter(|p| verbatim(p)).max_by_key(|p| p.len()) {
+                Term::Field {
+                    pattern: Pattern::Wildcard(parts),
+                    ..
+                } => {
+                    if let Some(longest) =
+                        parts.iter().filter(|p| verbatim(p)).max_by_key(|p| p.len())
+                    {
                         out.push(longest.clone());
                     }
                 }
@@ -122,7 +135,13 @@ fn parse_term(token: &str) -> Result<Term> {
     let pattern = if value == "*" {
         Pattern::Exists
     } else if value.contains('*') {
-        Pattern::Wildcard(value.to_lowercase().split('*').map(str::to_string).collect())
+        Pattern::Wildcard(
+            value
+                .to_lowercase()
+                .split('*')
+                .map(str::to_string)
+                .collect(),
+        )
     } else {
         Pattern::Exact(value.to_string())
     };
@@ -215,7 +234,10 @@ mod tests {
         assert!(q("msg_class:proofpoint_tap_event AND event_type:messageDelivered").matches(&r));
         assert!(q("msg_class:proofpoint_tap_event event_type:messageDelivered").matches(&r));
         assert!(!q("msg_class:proofpoint_tap_event event_type:clickBlocked").matches(&r));
-        assert!(!q("msg_class:proofpoint_tap").matches(&r), "exact, not prefix");
+        assert!(
+            !q("msg_class:proofpoint_tap").matches(&r),
+            "exact, not prefix"
+        );
     }
 
     #[test]

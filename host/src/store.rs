@@ -186,9 +186,8 @@ pub fn now_ms() -> i64 {
 impl Store {
     /// Opens (creating if needed) `data_dir/dphost.db`.
     pub fn open(data_dir: &Path) -> Result<Store> {
-        std::fs::create_dir_all(data_dir).with_context(|| {
-            format!("cannot create the data directory {}", data_dir.display())
-        })?;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
         let path = data_dir.join("dphost.db");
         let writer = open_connection(&path)?;
         let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -283,7 +282,8 @@ impl Store {
                 "INSERT INTO state (connector, key, value, updated_ms) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (connector, key) DO UPDATE SET value = excluded.value, updated_ms = excluded.updated_ms",
             )?;
-            let mut delete = tx.prepare_cached("DELETE FROM state WHERE connector = ?1 AND key = ?2")?;
+            let mut delete =
+                tx.prepare_cached("DELETE FROM state WHERE connector = ?1 AND key = ?2")?;
             for (key, value) in &batch.state {
                 match value {
                     Some(v) => set.execute(params![owner.connector, key, v, now])?,
@@ -466,11 +466,25 @@ mod tests {
             state: vec![("checkpoint".into(), Some(b"10".to_vec()))],
         };
         let first = store.commit(&owner(), &batch).unwrap();
-        assert_eq!(first, CommitOutcome { written: 2, duplicates: 0, actions_queued: 1 });
+        assert_eq!(
+            first,
+            CommitOutcome {
+                written: 2,
+                duplicates: 0,
+                actions_queued: 1
+            }
+        );
         let mut again = batch.clone();
         again.records[1].body = r#"{"n":3}"#.into();
         let second = store.commit(&owner(), &again).unwrap();
-        assert_eq!(second, CommitOutcome { written: 1, duplicates: 1, actions_queued: 0 });
+        assert_eq!(
+            second,
+            CommitOutcome {
+                written: 1,
+                duplicates: 1,
+                actions_queued: 0
+            }
+        );
         let mut bodies = Vec::new();
         store
             .scan(Index::Syslog, &[], |r| {
@@ -479,14 +493,21 @@ mod tests {
             })
             .unwrap();
         assert_eq!(bodies, vec![r#"{"n":1}"#, r#"{"n":3}"#]);
-        assert_eq!(store.state_get("c1", "checkpoint").unwrap(), Some(b"10".to_vec()));
+        assert_eq!(
+            store.state_get("c1", "checkpoint").unwrap(),
+            Some(b"10".to_vec())
+        );
         assert_eq!(store.state_get("other", "checkpoint").unwrap(), None);
         assert_eq!(
-            store.contains("c1", Index::Syslog, &["a".into(), "zz".into()]).unwrap(),
+            store
+                .contains("c1", Index::Syslog, &["a".into(), "zz".into()])
+                .unwrap(),
             vec![true, false]
         );
         assert_eq!(
-            store.contains("other", Index::Syslog, &["a".into()]).unwrap(),
+            store
+                .contains("other", Index::Syslog, &["a".into()])
+                .unwrap(),
             vec![false]
         );
     }

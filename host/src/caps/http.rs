@@ -36,7 +36,11 @@ pub struct HttpGate {
     pub refused: Vec<String>,
 }
 
-pub fn prepare(connector: &str, allowed: &AllowedOrigin, credential: Option<&Credential>) -> HttpGate {
+pub fn prepare(
+    connector: &str,
+    allowed: &AllowedOrigin,
+    credential: Option<&Credential>,
+) -> HttpGate {
     let authorization = credential.map(|c| {
         let token = base64::engine::general_purpose::STANDARD
             .encode(format!("{}:{}", c.principal, c.secret));

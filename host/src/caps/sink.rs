@@ -86,7 +86,9 @@ impl sink::Host for RunState {
         self.scope
             .store
             .contains(&self.scope.connector, to_store_index(index), &ids)
-            .map_err(|e| wasmtime::Error::from_anyhow(e.context("the host could not look up records")))
+            .map_err(|e| {
+                wasmtime::Error::from_anyhow(e.context("the host could not look up records"))
+            })
     }
 }
 
@@ -108,7 +110,11 @@ fn check_batch(batch: types::Batch, limits: &Limits) -> Result<store::Batch, Str
             limits.max_batch_records
         ));
     }
-    let bytes: usize = batch.records.iter().map(|r| r.body.len() + r.id.len()).sum();
+    let bytes: usize = batch
+        .records
+        .iter()
+        .map(|r| r.body.len() + r.id.len())
+        .sum();
     let max_bytes = (limits.max_batch_mib as usize) << 20;
     if bytes > max_bytes {
         return Err(format!(
@@ -121,7 +127,10 @@ fn check_batch(batch: types::Batch, limits: &Limits) -> Result<store::Batch, Str
         if !r.body.trim_start().starts_with('{')
             || serde_json::from_str::<serde::de::IgnoredAny>(&r.body).is_err()
         {
-            return Err(format!("record #{i} (id `{}`): the body is not a JSON object", r.id));
+            return Err(format!(
+                "record #{i} (id `{}`): the body is not a JSON object",
+                r.id
+            ));
         }
         records.push(store::NewRecord {
             index: to_store_index(r.index),
@@ -137,11 +146,21 @@ fn check_batch(batch: types::Batch, limits: &Limits) -> Result<store::Batch, Str
     for (i, a) in batch.actions.into_iter().enumerate() {
         check_id("action id", &a.id, i)?;
         if a.kind.is_empty() || a.target.is_empty() {
-            return Err(format!("action #{i} (id `{}`): kind and target are required", a.id));
+            return Err(format!(
+                "action #{i} (id `{}`): kind and target are required",
+                a.id
+            ));
         }
-        let params = if a.params.trim().is_empty() { "{}".to_string() } else { a.params };
+        let params = if a.params.trim().is_empty() {
+            "{}".to_string()
+        } else {
+            a.params
+        };
         if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&params).is_err() {
-            return Err(format!("action #{i} (id `{}`): params is not a JSON object", a.id));
+            return Err(format!(
+                "action #{i} (id `{}`): params is not a JSON object",
+                a.id
+            ));
         }
         actions.push(store::NewAction {
             id: a.id,
@@ -153,7 +172,10 @@ fn check_batch(batch: types::Batch, limits: &Limits) -> Result<store::Batch, Str
     }
     for (i, (key, value)) in batch.state.iter().enumerate() {
         check_id("state key", key, i)?;
-        if value.as_ref().is_some_and(|v| v.len() > MAX_STATE_VALUE_BYTES) {
+        if value
+            .as_ref()
+            .is_some_and(|v| v.len() > MAX_STATE_VALUE_BYTES)
+        {
             return Err(format!(
                 "state key `{key}`: the value is larger than {MAX_STATE_VALUE_BYTES} bytes"
             ));
@@ -168,7 +190,9 @@ fn check_batch(batch: types::Batch, limits: &Limits) -> Result<store::Batch, Str
 
 fn check_id(what: &str, id: &str, i: usize) -> Result<(), String> {
     if id.is_empty() || id.len() > MAX_ID_BYTES {
-        return Err(format!("{what} #{i} must be 1 to {MAX_ID_BYTES} bytes long"));
+        return Err(format!(
+            "{what} #{i} must be 1 to {MAX_ID_BYTES} bytes long"
+        ));
     }
     Ok(())
 }
@@ -188,7 +212,10 @@ mod tests {
 
     #[test]
     fn limits_and_malformed_records_refuse_the_whole_batch() {
-        let limits = Limits { max_batch_records: 2, ..Limits::default() };
+        let limits = Limits {
+            max_batch_records: 2,
+            ..Limits::default()
+        };
         let ok = types::Batch {
             records: vec![record("a", "{}"), record("b", r#"{"x":1}"#)],
             actions: vec![],
@@ -198,14 +225,20 @@ mod tests {
 
         let mut too_many = ok.clone();
         too_many.records.push(record("c", "{}"));
-        assert!(check_batch(too_many, &limits).unwrap_err().contains("max_batch_records"));
+        assert!(check_batch(too_many, &limits)
+            .unwrap_err()
+            .contains("max_batch_records"));
 
         let mut not_json = ok.clone();
         not_json.records[1].body = "[1,2]".into();
-        assert!(check_batch(not_json, &limits).unwrap_err().contains("not a JSON object"));
+        assert!(check_batch(not_json, &limits)
+            .unwrap_err()
+            .contains("not a JSON object"));
 
         let mut empty_id = ok;
         empty_id.records[0].id.clear();
-        assert!(check_batch(empty_id, &limits).unwrap_err().contains("record id"));
+        assert!(check_batch(empty_id, &limits)
+            .unwrap_err()
+            .contains("record id"));
     }
 }

@@ -48,7 +48,11 @@ impl StderrTail {
 }
 
 impl tokio::io::AsyncWrite for StderrTail {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         let mut buf = self.0.lock().expect("stderr tail poisoned");
         buf.extend(data.iter().rev().take(STDERR_TAIL_BYTES).rev());
         let excess = buf.len().saturating_sub(STDERR_TAIL_BYTES);

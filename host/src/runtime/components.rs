@@ -107,7 +107,11 @@ impl ComponentSet {
         anyhow::bail!(
             "no component `{name}` in {} (found: {}); `make build` puts proofpoint_tap.wasm there",
             dir.display(),
-            if known.is_empty() { "none".into() } else { known.join(", ") }
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
         )
     }
 }
@@ -135,7 +139,11 @@ pub fn load_components(
         .collect();
     paths.sort();
     for path in paths {
-        let Some(name) = path.file_stem().and_then(|s| s.to_str()).map(str::to_string) else {
+        let Some(name) = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .map(str::to_string)
+        else {
             continue;
         };
         if only.is_some_and(|names| !names.contains(&name)) {
@@ -182,7 +190,9 @@ fn load_one(
         Err(_) => {
             let c = Component::new(engine, &bytes)
                 .map_err(anyhow::Error::from)
-                .with_context(|| format!("{} is not a valid WebAssembly component", path.display()))?;
+                .with_context(|| {
+                    format!("{} is not a valid WebAssembly component", path.display())
+                })?;
             if let Err(e) = write_cache(&c, &cached) {
                 tracing::warn!(component = %name, "cannot cache compiled code: {e:#}");
             }
@@ -208,7 +218,9 @@ fn load_one(
 /// The cache file for these bytes under this engine's settings.
 fn cache_path(engine: &Engine, cache_dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let mut engine_hash = std::collections::hash_map::DefaultHasher::new();
-    engine.precompile_compatibility_hash().hash(&mut engine_hash);
+    engine
+        .precompile_compatibility_hash()
+        .hash(&mut engine_hash);
     let mut digest = Sha256::new();
     digest.update(bytes);
     digest.update(engine_hash.finish().to_le_bytes());

@@ -141,11 +141,20 @@ impl Operation {
 pub enum Failure {
     /// The component reported an error (HTTP status, bad config, ...).
     Connector(ConnectorError),
-    CpuDeadline { seconds: f64 },
-    MemoryCap { mib: u64 },
-    Timeout { seconds: u64 },
+    CpuDeadline {
+        seconds: f64,
+    },
+    MemoryCap {
+        mib: u64,
+    },
+    Timeout {
+        seconds: u64,
+    },
     /// The component trapped (panic, stack overflow, bad host call, ...).
-    Trap { message: String, stderr: String },
+    Trap {
+        message: String,
+        stderr: String,
+    },
     /// The host could not run the call (component missing, bad credential
     /// source, storage failure, ...).
     Host(String),
@@ -170,7 +179,9 @@ impl Failure {
     /// component asked for it.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
-            Failure::Connector(ConnectorError::RateLimited(s)) => Some(Duration::from_secs(*s as u64)),
+            Failure::Connector(ConnectorError::RateLimited(s)) => {
+                Some(Duration::from_secs(*s as u64))
+            }
             _ => None,
         }
     }
@@ -284,7 +295,11 @@ impl Runtime {
         })?;
         components::start_epoch_ticker(&engine);
         let linker = components::build_linker(&engine)?;
-        let mut used: Vec<String> = config.connectors.iter().map(|c| c.component.clone()).collect();
+        let mut used: Vec<String> = config
+            .connectors
+            .iter()
+            .map(|c| c.component.clone())
+            .collect();
         used.sort();
         used.dedup();
         let components = components::load_components(
@@ -406,8 +421,13 @@ impl Runtime {
                 Operation::ValidateConfig => api
                     .call_validate_config(&mut store, &config_json)
                     .await
-                    .map(|r| r.map(|()| "configuration is valid".to_string()).map_err(ConnectorError::BadConfig)),
-                Operation::TestConnection => api.call_test_connection(&mut store, &config_json).await,
+                    .map(|r| {
+                        r.map(|()| "configuration is valid".to_string())
+                            .map_err(ConnectorError::BadConfig)
+                    }),
+                Operation::TestConnection => {
+                    api.call_test_connection(&mut store, &config_json).await
+                }
                 Operation::Collect => api.call_collect(&mut store, &config_json).await,
             };
             wasmtime::Result::Ok(result?)
@@ -444,7 +464,9 @@ impl Runtime {
     /// The connector's own description (`describe`), as JSON text.
     pub async fn describe(&self, connector: &ConnectorConfig) -> Result<String> {
         let r = self.call(connector, Operation::Describe).await;
-        r.result.map_err(|f| anyhow::anyhow!("{f}")).context("describe failed")
+        r.result
+            .map_err(|f| anyhow::anyhow!("{f}"))
+            .context("describe failed")
     }
 }
 

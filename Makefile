@@ -1,0 +1,49 @@
+# dphost: `make run` shows the product working on a local TAP simulator;
+# `make test` runs every test. Both set up what they need themselves.
+
+CARGO       ?= cargo
+WASM_TARGET := wasm32-wasip2
+COMPONENTS  := components
+RELEASE     := target/release
+WASM_OUT    := target/$(WASM_TARGET)/release
+
+.PHONY: all setup build run test lint fmt bench clean
+
+all: build
+
+## setup: add the wasm32-wasip2 target and check the toolchain
+setup:
+	@command -v $(CARGO) >/dev/null || { echo "cargo not found: install Rust 1.95 with rustup"; exit 1; }
+	@if command -v rustup >/dev/null; then \
+	  rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET); \
+	else echo "rustup not found: make sure the $(WASM_TARGET) target is installed"; fi
+	@$(CARGO) --version
+
+## build: target/release/{dphost,tap-sim} and components/proofpoint_tap.wasm
+build: setup
+	$(CARGO) build --release -p dphost -p tap-sim
+	$(CARGO) build --release --target $(WASM_TARGET) -p proofpoint-tap -p sandbox-probe
+	@mkdir -p $(COMPONENTS)
+	cp $(WASM_OUT)/proofpoint_tap.wasm $(COMPONENTS)/proofpoint_tap.wasm
+	@ls -l $(RELEASE)/dphost $(RELEASE)/tap-sim $(COMPONENTS)/proofpoint_tap.wasm
+
+## run: the host with a local TAP simulator tenant (no credentials needed)
+run: build
+	./scripts/demo.sh
+
+## test: unit tests (host, guest natively, simulator) and end-to-end tests
+test: build
+	$(CARGO) test --release --workspace
+
+## lint: formatting and clippy, native and wasm
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --release --target $(WASM_TARGET) -p proofpoint-tap -p sandbox-probe -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean
+	rm -rf $(COMPONENTS)/*.wasm demo

@@ -1,0 +1,332 @@
+//! Record building: what lands in the data lake.
+//!
+//! Every record says where it came from (`tenant_name`, `connector`,
+//! `domain`) and what it is (`msg_class`). Vendor payloads are embedded as
+//! raw JSON, exactly as the API sent them.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::config::Config;
+use crate::identity;
+use crate::parse::{EventType, Interpreted, Outcome};
+use crate::platform::{Index, Record, WriteMode};
+use crate::windows::Gap;
+
+pub const EVENT_CLASS: &str = "proofpoint_tap_event";
+pub const THREAT_CLASS: &str = "proofpoint_tap_threat";
+pub const QUARANTINE_CLASS: &str = "proofpoint_tap_quarantine";
+pub const GAP_CLASS: &str = "proofpoint_tap_gap";
+
+/// Where records come from.
+#[derive(Debug, Clone, Copy)]
+pub struct Origin<'a> {
+    pub tenant: &'a str,
+    pub connector: &'a str,
+    /// The Host URL.
+    pub domain: &'a str,
+}
+
+impl<'a> From<&'a Config> for Origin<'a> {
+    fn from(c: &'a Config) -> Self {
+        Origin {
+            tenant: &c.tenant,
+            connector: &c.name,
+            domain: &c.host_url,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct MsgOrigin {
+    source: &'static str,
+    vendor: &'static str,
+    category: &'static str,
+}
+
+const MSG_ORIGIN: MsgOrigin = MsgOrigin {
+    source: "proofpoint_tap",
+    vendor: "proofpoint",
+    category: "email",
+};
+
+#[derive(Serialize)]
+struct EventBody<'a> {
+    msg_class: &'static str,
+    msg_origin: MsgOrigin,
+    tenant_name: &'a str,
+    connector: &'a str,
+    domain: &'a str,
+    event_type: &'static str,
+    /// The event's own time, epoch milliseconds.
+    timestamp: i64,
+    event_id: &'a str,
+    /// The original event, byte for byte.
+    proofpoint_tap: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct QuarantineBody<'a> {
+    msg_class: &'static str,
+    msg_origin: MsgOrigin,
+    tenant_name: &'a str,
+    connector: &'a str,
+    domain: &'a str,
+    event_type: &'static str,
+    reason: &'a str,
+    raw: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct ThreatBody<'a> {
+    msg_class: &'static str,
+    msg_origin: MsgOrigin,
+    tenant_name: &'a str,
+    connector: &'a str,
+    domain: &'a str,
+    threat_id: &'a str,
+    /// Collection time, epoch milliseconds.
+    timestamp: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    proofpoint_tap_threat: Option<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+struct GapBody<'a> {
+    msg_class: &'static str,
+    msg_origin: MsgOrigin,
+    tenant_name: &'a str,
+    connector: &'a str,
+    domain: &'a str,
+    /// When the gap was noticed, epoch milliseconds.
+    timestamp: i64,
+    gap_start: i64,
+    gap_end: i64,
+    reason: &'a str,
+}
+
+fn to_json<T: Serialize>(body: &T) -> String {
+    serde_json::to_string(body).expect("record bodies always serialize")
+}
+
+/// The record for one interpreted event: Syslog, or quarantine with its reason.
+pub fn for_event(origin: Origin<'_>, event: &Interpreted<'_>) -> Record {
+    match &event.outcome {
+        Outcome::Event { id, time_ms } => {
+            event_record(origin, event.event_type, event.raw, id, *time_ms)
+        }
+        Outcome::Quarantine { reason } => {
+            quarantine_record(origin, event.event_type, event.raw, reason)
+        }
+    }
+}
+
+pub fn event_record(
+    origin: Origin<'_>,
+    event_type: EventType,
+    raw: &RawValue,
+    id: &str,
+    time_ms: i64,
+) -> Record {
+    Record {
+        index: Index::Syslog,
+        id: id.to_string(),
+        body: to_json(&EventBody {
+            msg_class: EVENT_CLASS,
+            msg_origin: MSG_ORIGIN,
+            tenant_name: origin.tenant,
+            connector: origin.connector,
+            domain: origin.domain,
+            event_type: event_type.as_str(),
+            timestamp: time_ms,
+            event_id: id,
+            proofpoint_tap: raw,
+        }),
+        mode: WriteMode::Insert,
+    }
+}
+
+pub fn quarantine_record(
+    origin: Origin<'_>,
+    event_type: EventType,
+    raw: &RawValue,
+    reason: &str,
+) -> Record {
+    Record {
+        index: Index::Quarantine,
+        id: identity::quarantine_id(raw.get()),
+        body: to_json(&QuarantineBody {
+            msg_class: QUARANTINE_CLASS,
+            msg_origin: MSG_ORIGIN,
+            tenant_name: origin.tenant,
+            connector: origin.connector,
+            domain: origin.domain,
+            event_type: event_type.as_str(),
+            reason,
+            raw,
+        }),
+        mode: WriteMode::Insert,
+    }
+}
+
+/// The id of a threat's record, also used to ask the sink whether it is stored.
+pub fn threat_record_id(threat_id: &str) -> String {
+    format!("threat:{threat_id}")
+}
+
+/// A Threat API summary, or `None` for a threat the API does not know (404),
+/// stored as `status: "not_found"` so it is not asked for again and again.
+pub fn threat_record(
+    origin: Origin<'_>,
+    threat_id: &str,
+    summary: Option<&RawValue>,
+    now_ms: i64,
+) -> Record {
+    Record {
+        index: Index::Syslog,
+        id: threat_record_id(threat_id),
+        body: to_json(&ThreatBody {
+            msg_class: THREAT_CLASS,
+            msg_origin: MSG_ORIGIN,
+            tenant_name: origin.tenant,
+            connector: origin.connector,
+            domain: origin.domain,
+            threat_id,
+            timestamp: now_ms,
+            status: summary.is_none().then_some("not_found"),
+            proofpoint_tap_threat: summary,
+        }),
+        mode: WriteMode::Insert,
+    }
+}
+
+/// A span whose events the API no longer returns: the operator must know.
+pub fn gap_record(origin: Origin<'_>, gap: &Gap, reason: &str, now_ms: i64) -> Record {
+    let (start, end) = (
+        crate::parse::epoch_ms(gap.start),
+        crate::parse::epoch_ms(gap.end),
+    );
+    Record {
+        index: Index::Syslog,
+        id: format!("gap:{start}-{end}"),
+        body: to_json(&GapBody {
+            msg_class: GAP_CLASS,
+            msg_origin: MSG_ORIGIN,
+            tenant_name: origin.tenant,
+            connector: origin.connector,
+            domain: origin.domain,
+            timestamp: now_ms,
+            gap_start: start,
+            gap_end: end,
+            reason,
+        }),
+        mode: WriteMode::Insert,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::{interpret, parse_siem_response};
+    use crate::test_support::fixture_lines;
+    use serde_json::Value;
+
+    const ORIGIN: Origin<'static> = Origin {
+        tenant: "acme",
+        connector: "tap1",
+        domain: "https://tap-api-v2.proofpoint.com",
+    };
+
+    /// The raw text of `field` inside a record body, as stored.
+    fn raw_field(body: &str, field: &str) -> String {
+        let map: std::collections::BTreeMap<String, Box<RawValue>> =
+            serde_json::from_str(body).unwrap();
+        map[field].get().to_string()
+    }
+
+    #[test]
+    fn event_records_embed_the_raw_event_byte_for_byte() {
+        // Fixture events, including a non-ASCII subject, plus an event with
+        // escapes, odd spacing and number forms a re-serialisation would change.
+        let mut lines = fixture_lines("message_delivered.ndjson");
+        lines.push(
+            r#"{ "messageTime" : "2024-10-11T14:00:00.000Z", "subject":"caf\u00e9 \"x\"\/y", "impostorScore": 0.0, "big": 1e3, "id": "z" }"#
+                .to_string(),
+        );
+        let body = format!(
+            "{{\"queryEndTime\":\"2024-10-11T14:34:53Z\",\"messagesDelivered\":[\n  {}\n]}}",
+            lines.join(" ,\r\n\t")
+        );
+        let parsed = parse_siem_response(body.as_bytes()).unwrap();
+        assert_eq!(parsed.events.len(), lines.len());
+        for (event, line) in parsed.events.into_iter().zip(&lines) {
+            let i = interpret(event);
+            let record = for_event(ORIGIN, &i);
+            assert_eq!(record.index, Index::Syslog);
+            assert_eq!(record.mode, WriteMode::Insert);
+            assert_eq!(&raw_field(&record.body, "proofpoint_tap"), line);
+            let v: Value = serde_json::from_str(&record.body).unwrap();
+            assert_eq!(v["msg_class"], EVENT_CLASS);
+            assert_eq!(v["msg_origin"]["source"], "proofpoint_tap");
+            assert_eq!(v["msg_origin"]["vendor"], "proofpoint");
+            assert_eq!(v["msg_origin"]["category"], "email");
+            assert_eq!(v["tenant_name"], "acme");
+            assert_eq!(v["connector"], "tap1");
+            assert_eq!(v["domain"], "https://tap-api-v2.proofpoint.com");
+            assert_eq!(v["event_type"], "messageDelivered");
+            assert_eq!(v["event_id"], record.id.as_str());
+            assert!(v["timestamp"].as_i64().unwrap() > 0);
+        }
+    }
+
+    #[test]
+    fn click_record_timestamp_is_click_time() {
+        let line = &fixture_lines("clicks_blocked.ndjson")[0];
+        let body = format!("{{\"clicksBlocked\":[{line}]}}");
+        let parsed = parse_siem_response(body.as_bytes()).unwrap();
+        let record = for_event(ORIGIN, &interpret(parsed.events[0]));
+        let v: Value = serde_json::from_str(&record.body).unwrap();
+        assert_eq!(v["event_type"], "clickBlocked");
+        // 2022-03-21T07:52:11.000Z
+        assert_eq!(v["timestamp"], 1_647_849_131_000_i64);
+    }
+
+    #[test]
+    fn quarantine_record_keeps_raw_and_reason() {
+        let body = br#"{"clicksPermitted":[ [1, 2] ]}"#;
+        let parsed = parse_siem_response(body).unwrap();
+        let record = for_event(ORIGIN, &interpret(parsed.events[0]));
+        assert_eq!(record.index, Index::Quarantine);
+        assert_eq!(record.id, identity::quarantine_id("[1, 2]"));
+        assert_eq!(raw_field(&record.body, "raw"), "[1, 2]");
+        let v: Value = serde_json::from_str(&record.body).unwrap();
+        assert_eq!(v["msg_class"], QUARANTINE_CLASS);
+        assert_eq!(v["event_type"], "clickPermitted");
+        assert!(v["reason"].as_str().unwrap().contains("not a JSON object"));
+        assert_eq!(v["tenant_name"], "acme");
+    }
+
+    #[test]
+    fn threat_records_found_and_not_found() {
+        let summary: Box<RawValue> =
+            serde_json::from_str(r#"{"id":"t1","name":"x", "severityScore": 900}"#).unwrap();
+        let found = threat_record(ORIGIN, "t1", Some(&summary), 5);
+        assert_eq!(found.id, "threat:t1");
+        assert_eq!(
+            raw_field(&found.body, "proofpoint_tap_threat"),
+            summary.get()
+        );
+        let v: Value = serde_json::from_str(&found.body).unwrap();
+        assert_eq!(v["msg_class"], THREAT_CLASS);
+        assert_eq!(v["threat_id"], "t1");
+        assert_eq!(v["timestamp"], 5);
+        assert!(v.get("status").is_none());
+
+        let missing = threat_record(ORIGIN, "t2", None, 5);
+        let v: Value = serde_json::from_str(&missing.body).unwrap();
+        assert_eq!(v["status"], "not_found");
+        assert!(v.get("proofpoint_tap_threat").is_none());
+    }
+}

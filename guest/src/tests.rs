@@ -1,0 +1,718 @@
+//! Collection cycles and exports against the fake host and fake TAP API.
+
+use serde_json::Value;
+use time::macros::datetime;
+use time::{Duration, OffsetDateTime};
+
+use crate::parse::EventType;
+use crate::platform::{ConnectorError, HttpFailure, Index, LogLevel, TransportError};
+use crate::record::{EVENT_CLASS, GAP_CLASS, QUARANTINE_CLASS, THREAT_CLASS};
+use crate::test_support::{config, response, FakeEvent, FakePlatform, FakeTap};
+use crate::windows::api_time;
+
+const NOW: OffsetDateTime = datetime!(2024-10-11 14:34:53.250 UTC);
+
+fn run(
+    cfg: &crate::config::Config,
+    tap: &mut FakeTap,
+    platform: &mut FakePlatform,
+) -> Result<Value, ConnectorError> {
+    crate::collect(cfg, tap, platform).map(|s| serde_json::from_str(&s).unwrap())
+}
+
+fn checkpoint_of(state: &[(String, Option<Vec<u8>>)]) -> Option<OffsetDateTime> {
+    state.iter().find(|(k, _)| k == "checkpoint").map(|(_, v)| {
+        let s: i64 = String::from_utf8(v.clone().unwrap())
+            .unwrap()
+            .parse()
+            .unwrap();
+        OffsetDateTime::from_unix_timestamp(s).unwrap()
+    })
+}
+
+/// Events every 10 minutes over the last `hours`, types rotating.
+fn busy_api(hours: i64) -> FakeTap {
+    let mut tap = FakeTap::new(NOW);
+    let mut t = NOW - Duration::hours(hours);
+    let mut n = 0;
+    while t < NOW - Duration::minutes(2) {
+        let et = EventType::ALL[n % 4];
+        tap.add_event(et, t, n, &format!("threat-{}", n % 3));
+        n += 1;
+        t += Duration::minutes(10);
+    }
+    tap
+}
+
+#[test]
+fn first_run_collects_every_window_and_moves_checkpoint_with_each_commit() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut tap = busy_api(24);
+    let mut platform = FakePlatform::new(NOW);
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+
+    let horizon = datetime!(2024-10-11 14:33:53 UTC);
+    let expected_events = tap
+        .events
+        .iter()
+        .filter(|e| e.time >= NOW - Duration::hours(24) && e.time < horizon)
+        .count();
+    assert_eq!(summary["windows"], 24);
+    assert_eq!(summary["requests"], 24);
+    assert_eq!(summary["events"], expected_events);
+    assert_eq!(summary["written"], expected_events);
+    assert_eq!(summary["duplicates"], 0);
+    assert_eq!(summary["checkpoint"], "2024-10-11T14:33:53Z");
+    let by_type_total: u64 = summary["by_type"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(by_type_total, expected_events as u64);
+    assert_eq!(platform.count(Index::Syslog, EVENT_CLASS), expected_events);
+    assert_eq!(platform.checkpoint(), Some(horizon));
+
+    // One commit per window, each carrying its own window's end.
+    assert_eq!(platform.commits.len(), 24);
+    let ends: Vec<_> = tap
+        .siem_paths()
+        .iter()
+        .map(|p| {
+            let end = p.rsplit('/').next().unwrap();
+            crate::parse::parse_event_time(end).unwrap()
+        })
+        .collect();
+    for (commit, end) in platform.commits.iter().zip(ends) {
+        assert_eq!(checkpoint_of(&commit.state), Some(end));
+    }
+    // No threat lookups when only events are collected.
+    assert!(!tap.requests.iter().any(|p| p.contains("/threat/")));
+    assert!(platform.logged(
+        LogLevel::Debug,
+        "window 2024-10-10T14:34:53Z/2024-10-10T15:34:53Z"
+    ));
+}
+
+#[test]
+fn checkpoint_moves_only_with_commits() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut tap = busy_api(6);
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::hours(5));
+    platform.fail_commit = Some(2);
+
+    let err = run(&cfg, &mut tap, &mut platform).unwrap_err();
+    assert!(
+        matches!(&err, ConnectorError::Internal(m) if m.contains("disk full")),
+        "{err:?}"
+    );
+    // Two windows committed: the checkpoint is the second one's end, no further.
+    assert_eq!(platform.commits.len(), 2);
+    let second_end = checkpoint_of(&platform.commits[1].state).unwrap();
+    assert_eq!(platform.checkpoint(), Some(second_end));
+    assert!(platform
+        .bodies(Index::Syslog)
+        .iter()
+        .all(|b| b["timestamp"].as_i64().unwrap() < second_end.unix_timestamp() * 1000));
+
+    // The next run resumes behind the checkpoint and loses nothing.
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    let start = NOW - Duration::hours(5) - Duration::minutes(30);
+    let horizon = datetime!(2024-10-11 14:33:53 UTC);
+    let expected = tap
+        .events
+        .iter()
+        .filter(|e| e.time >= start && e.time < horizon)
+        .count();
+    assert_eq!(platform.count(Index::Syslog, EVENT_CLASS), expected);
+    assert!(
+        summary["duplicates"].as_u64().unwrap() > 0,
+        "the look-back re-reads stored events"
+    );
+    assert_eq!(platform.checkpoint(), Some(horizon));
+}
+
+#[test]
+fn lookback_requery_catches_late_events() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut tap = FakeTap::new(NOW);
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::minutes(10));
+    // Happened 8 minutes ago, indexed only 5 minutes from now.
+    tap.add_event(
+        EventType::MessageDelivered,
+        NOW - Duration::minutes(8),
+        1,
+        "t",
+    );
+    tap.events[0].visible_from = NOW + Duration::minutes(5);
+    tap.add_event(
+        EventType::MessageDelivered,
+        NOW - Duration::minutes(7),
+        2,
+        "t",
+    );
+
+    let first = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(first["written"], 1);
+    assert_eq!(
+        tap.siem_paths()[0].as_str(),
+        "/v2/siem/all?format=json&interval=2024-10-11T13:54:53Z/2024-10-11T14:33:53Z"
+    );
+
+    // Ten minutes later the late event is there, behind the checkpoint.
+    let later = NOW + Duration::minutes(10);
+    tap.now = later;
+    platform.now = later;
+    let second = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(second["written"], 1);
+    assert_eq!(second["duplicates"], 1);
+    assert_eq!(platform.count(Index::Syslog, EVENT_CLASS), 2);
+}
+
+#[test]
+fn span_under_30_seconds_does_nothing() {
+    let cfg = config(serde_json::json!({"lookback_minutes": 0}));
+    let mut tap = FakeTap::new(NOW);
+    let mut platform = FakePlatform::new(NOW);
+    let cp = datetime!(2024-10-11 14:33:40 UTC);
+    platform.set_checkpoint(cp);
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["windows"], 0);
+    assert_eq!(summary["requests"], 0);
+    assert!(tap.requests.is_empty());
+    assert!(platform.commits.is_empty());
+    assert_eq!(platform.checkpoint(), Some(cp));
+}
+
+#[test]
+fn still_current_shrinks_the_window_once_and_retries() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut tap = FakeTap::new(NOW - Duration::seconds(90)); // API clock behind
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::minutes(20));
+    tap.add_event(
+        EventType::MessageBlocked,
+        NOW - Duration::minutes(15),
+        1,
+        "t",
+    );
+
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    let paths = tap.siem_paths();
+    assert_eq!(paths.len(), 2);
+    assert!(paths[0].ends_with("/2024-10-11T14:33:53Z"), "{}", paths[0]);
+    assert!(paths[1].ends_with("/2024-10-11T14:32:53Z"), "{}", paths[1]);
+    assert_eq!(summary["written"], 1);
+    assert_eq!(summary["requests"], 2);
+    // The checkpoint never moves backwards, but moves with the retried window.
+    assert_eq!(
+        platform.checkpoint(),
+        Some(datetime!(2024-10-11 14:32:53 UTC))
+    );
+    assert!(platform.logged(LogLevel::Warn, "still current"));
+}
+
+#[test]
+fn still_current_twice_stops_quietly() {
+    let cfg = config(serde_json::json!({}));
+    let mut tap = FakeTap::new(NOW - Duration::minutes(30));
+    let mut platform = FakePlatform::new(NOW);
+    let cp = NOW - Duration::minutes(5);
+    platform.set_checkpoint(cp);
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(tap.siem_paths().len(), 2);
+    assert_eq!(summary["stopped_early"], "interval still current");
+    assert!(platform.commits.is_empty());
+    assert_eq!(
+        platform.checkpoint().map(|c| c.unix_timestamp()),
+        Some(cp.unix_timestamp())
+    );
+}
+
+#[test]
+fn too_short_keeps_state_and_is_not_an_error() {
+    let cfg = config(serde_json::json!({}));
+    let mut tap = FakeTap::new(NOW);
+    tap.scripted.push_back((
+        "/v2/siem/all".into(),
+        Ok(response(
+            400,
+            "The requested interval is too short. Requests must be for at least 30.00s of data",
+        )),
+    ));
+    let mut platform = FakePlatform::new(NOW);
+    let cp = datetime!(2024-10-11 14:00:00 UTC);
+    platform.set_checkpoint(cp);
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["stopped_early"], "interval too short");
+    assert!(platform.commits.is_empty());
+    assert_eq!(platform.checkpoint(), Some(cp));
+}
+
+#[test]
+fn other_400_is_an_http_error_quoting_the_api() {
+    let cfg = config(serde_json::json!({}));
+    let mut tap = FakeTap::new(NOW);
+    tap.scripted.push_back((
+        "/v2/siem/all".into(),
+        Ok(response(400, "The requested interval is too long.")),
+    ));
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::minutes(10));
+    let err = run(&cfg, &mut tap, &mut platform).unwrap_err();
+    match err {
+        ConnectorError::Http(HttpFailure {
+            status: 400,
+            explanation,
+            ..
+        }) => assert!(explanation.contains("The requested interval is too long.")),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn rate_limit_returns_rate_limited_and_keeps_earlier_progress() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut tap = busy_api(4);
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::hours(3));
+    // Serve two windows, then 429.
+    let mut limited = response(429, "");
+    limited.headers.push(("Retry-After".into(), "3600".into()));
+    tap.scripted.push_back((
+        "/v2/siem/all?format=json&interval=2024-10-11T13:04:53Z".into(),
+        Ok(limited),
+    ));
+    let err = run(&cfg, &mut tap, &mut platform).unwrap_err();
+    assert_eq!(err, ConnectorError::RateLimited(3600));
+    assert_eq!(platform.commits.len(), 2);
+    assert_eq!(
+        platform.checkpoint(),
+        Some(datetime!(2024-10-11 13:04:53 UTC))
+    );
+
+    // Without Retry-After: 900 s.
+    let mut tap = FakeTap::new(NOW);
+    tap.scripted
+        .push_back(("/v2/siem/all".into(), Ok(response(429, ""))));
+    let mut platform = FakePlatform::new(NOW);
+    assert_eq!(
+        run(&cfg, &mut tap, &mut platform).unwrap_err(),
+        ConnectorError::RateLimited(900)
+    );
+}
+
+#[test]
+fn server_errors_and_timeouts_are_transient() {
+    let cfg = config(serde_json::json!({}));
+    for answer in [
+        Ok(response(503, "busy")),
+        Err(TransportError::Timeout("first byte".into())),
+    ] {
+        let mut tap = FakeTap::new(NOW);
+        tap.scripted.push_back(("/v2/siem/all".into(), answer));
+        let mut platform = FakePlatform::new(NOW);
+        platform.set_checkpoint(NOW - Duration::minutes(10));
+        let err = run(&cfg, &mut tap, &mut platform).unwrap_err();
+        assert!(matches!(err, ConnectorError::Transient(_)), "{err:?}");
+        assert!(platform.commits.is_empty());
+    }
+}
+
+#[test]
+fn invalid_body_is_transient_and_the_checkpoint_stays() {
+    let cfg = config(serde_json::json!({}));
+    for body in [
+        "<html>Service Unavailable</html>",
+        "{\"messagesBlocked\": 3}",
+        "{}",
+    ] {
+        let mut tap = FakeTap::new(NOW);
+        tap.scripted
+            .push_back(("/v2/siem/all".into(), Ok(response(200, body))));
+        let mut platform = FakePlatform::new(NOW);
+        let cp = NOW - Duration::minutes(10);
+        platform.set_checkpoint(cp);
+        let err = run(&cfg, &mut tap, &mut platform).unwrap_err();
+        assert!(
+            matches!(&err, ConnectorError::Transient(m) if m.contains("checkpoint stays")),
+            "{err:?}"
+        );
+        assert!(platform.commits.is_empty());
+        assert_eq!(
+            platform.checkpoint().unwrap().unix_timestamp(),
+            cp.unix_timestamp()
+        );
+    }
+}
+
+#[test]
+fn old_checkpoint_is_clamped_and_the_gap_recorded() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut tap = FakeTap::new(NOW);
+    let mut platform = FakePlatform::new(NOW);
+    let cp = datetime!(2024-10-01 00:00:00 UTC);
+    platform.set_checkpoint(cp);
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+
+    let earliest = datetime!(2024-10-04 14:49:53 UTC);
+    assert!(tap.siem_paths()[0].contains(&format!("interval={}/", api_time(earliest))));
+    assert_eq!(summary["gaps"], 1);
+    let gaps: Vec<_> = platform
+        .bodies(Index::Syslog)
+        .into_iter()
+        .filter(|b| b["msg_class"] == GAP_CLASS)
+        .collect();
+    assert_eq!(gaps.len(), 1);
+    assert_eq!(gaps[0]["gap_start"], cp.unix_timestamp() * 1000);
+    assert_eq!(gaps[0]["gap_end"], earliest.unix_timestamp() * 1000);
+    assert_eq!(gaps[0]["tenant_name"], "acme");
+    assert_eq!(gaps[0]["connector"], "tap1");
+    assert_eq!(gaps[0]["domain"], "http://127.0.0.1:4567");
+    assert!(gaps[0]["reason"].as_str().unwrap().contains("7 days"));
+    // The gap record rides with the first window's checkpoint.
+    assert!(checkpoint_of(&platform.commits[0].state).is_some());
+    assert!(platform.logged(LogLevel::Warn, "collection gap"));
+    assert_eq!(
+        platform.checkpoint(),
+        Some(datetime!(2024-10-11 14:33:53 UTC))
+    );
+}
+
+#[test]
+fn too_far_into_the_past_backs_off_once_with_a_gap() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    // The API's clock runs 20 minutes ahead of ours.
+    let mut tap = FakeTap::new(NOW + Duration::minutes(20));
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(datetime!(2024-10-01 00:00:00 UTC));
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    let paths = tap.siem_paths();
+    assert!(paths[0].contains("interval=2024-10-04T14:49:53Z/"));
+    assert!(
+        paths[1].contains("interval=2024-10-04T15:04:53Z/"),
+        "{}",
+        paths[1]
+    );
+    assert_eq!(summary["gaps"], 1);
+    let gap = platform
+        .bodies(Index::Syslog)
+        .into_iter()
+        .find(|b| b["msg_class"] == GAP_CLASS)
+        .unwrap();
+    assert_eq!(
+        gap["gap_end"],
+        datetime!(2024-10-04 15:04:53 UTC).unix_timestamp() * 1000
+    );
+    assert_eq!(
+        platform.checkpoint(),
+        Some(datetime!(2024-10-11 14:33:53 UTC))
+    );
+}
+
+#[test]
+fn a_bad_event_is_quarantined_and_the_rest_of_the_window_lands() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut tap = FakeTap::new(NOW);
+    let t = NOW - Duration::minutes(5);
+    tap.add_event(EventType::MessageBlocked, t, 1, "t");
+    tap.add_event(EventType::MessageBlocked, t, 2, "t");
+    tap.events.push(FakeEvent {
+        event_type: EventType::MessageBlocked,
+        time: t,
+        visible_from: t,
+        raw: r#"{"GUID":"broken","id":"b","messageTime":"not a time"}"#.into(),
+    });
+    tap.events.push(FakeEvent {
+        event_type: EventType::ClickBlocked,
+        time: t,
+        visible_from: t,
+        raw: r#""just a string""#.into(),
+    });
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::minutes(10));
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["events"], 4);
+    assert_eq!(summary["quarantined"], 2);
+    assert_eq!(platform.count(Index::Syslog, EVENT_CLASS), 2);
+    let q = platform.bodies(Index::Quarantine);
+    assert_eq!(q.len(), 2);
+    assert!(q.iter().all(|b| b["msg_class"] == QUARANTINE_CLASS));
+    assert!(q
+        .iter()
+        .any(|b| b["raw"] == "just a string" && b["event_type"] == "clickBlocked"));
+    assert!(q
+        .iter()
+        .any(|b| b["raw"]["GUID"] == "broken"
+            && b["reason"].as_str().unwrap().contains("messageTime")));
+    assert_eq!(
+        platform.checkpoint(),
+        Some(datetime!(2024-10-11 14:33:53 UTC))
+    );
+    assert!(platform.logged(LogLevel::Warn, "quarantined a messageBlocked event"));
+}
+
+#[test]
+fn large_windows_commit_in_chunks_with_the_checkpoint_last() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut tap = FakeTap::new(NOW);
+    let t = NOW - Duration::minutes(5);
+    for n in 0..12_001 {
+        tap.add_event(EventType::MessageDelivered, t, n, "t");
+    }
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::minutes(10));
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["written"], 12_001);
+    let sizes: Vec<_> = platform.commits.iter().map(|c| c.records).collect();
+    assert_eq!(sizes, vec![5000, 5000, 2001]);
+    assert!(platform.commits[0].state.is_empty());
+    assert!(platform.commits[1].state.is_empty());
+    assert!(checkpoint_of(&platform.commits[2].state).is_some());
+}
+
+#[test]
+fn oversized_response_is_asked_for_in_halves() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut tap = FakeTap::new(NOW);
+    tap.add_event(
+        EventType::ClickPermitted,
+        NOW - Duration::minutes(40),
+        1,
+        "t",
+    );
+    tap.add_event(
+        EventType::ClickPermitted,
+        NOW - Duration::minutes(5),
+        2,
+        "t",
+    );
+    tap.scripted.push_back((
+        "/v2/siem/all".into(),
+        Err(TransportError::BodyTooLarge { limit: 1 }),
+    ));
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::minutes(30));
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    let paths = tap.siem_paths();
+    assert_eq!(paths.len(), 3);
+    assert!(paths[1].ends_with("/2024-10-11T14:04:23Z"), "{}", paths[1]);
+    assert!(
+        paths[2].contains("interval=2024-10-11T14:04:23Z/"),
+        "{}",
+        paths[2]
+    );
+    assert_eq!(summary["windows"], 2);
+    assert_eq!(summary["written"], 2);
+}
+
+#[test]
+fn threat_summaries_are_stored_once_and_failures_retried() {
+    let cfg = config(serde_json::json!({}));
+    let mut tap = FakeTap::new(NOW);
+    let t = NOW - Duration::minutes(5);
+    for (n, threat) in ["t-found", "t-missing", "t-broken", "t-known", "t-found"]
+        .iter()
+        .enumerate()
+    {
+        tap.add_event(EventType::MessageDelivered, t, n, threat);
+    }
+    let summary_json = r#"{"id":"t-found","name":"Phish kit", "severityScore":  700}"#;
+    tap.threats.insert("t-found".into(), summary_json.into());
+    tap.threat_status.insert("t-broken".into(), 500);
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::minutes(10));
+    platform
+        .stored
+        .insert((Index::Syslog, "threat:t-known".into()), "{}".into());
+
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["threats"], 2);
+    let lookups: Vec<_> = tap
+        .requests
+        .iter()
+        .filter(|p| p.starts_with("/v2/threat/summary/"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        lookups,
+        vec![
+            "/v2/threat/summary/t-found",
+            "/v2/threat/summary/t-missing",
+            "/v2/threat/summary/t-broken"
+        ]
+    );
+    let found = &platform.stored[&(Index::Syslog, "threat:t-found".to_string())];
+    assert!(
+        found.contains(summary_json),
+        "summary stored verbatim: {found}"
+    );
+    let found: Value = serde_json::from_str(found).unwrap();
+    assert_eq!(found["msg_class"], THREAT_CLASS);
+    assert_eq!(found["threat_id"], "t-found");
+    assert_eq!(found["timestamp"], crate::parse::epoch_ms(NOW));
+    let missing: Value =
+        serde_json::from_str(&platform.stored[&(Index::Syslog, "threat:t-missing".to_string())])
+            .unwrap();
+    assert_eq!(missing["status"], "not_found");
+    assert!(!platform
+        .stored
+        .contains_key(&(Index::Syslog, "threat:t-broken".to_string())));
+    assert!(platform.logged(LogLevel::Warn, "t-broken"));
+    // Threat records and the backlog ride in the window's batch.
+    assert_eq!(platform.commits.len(), 1);
+    assert_eq!(platform.commits[0].records, 5 + 2);
+    assert_eq!(
+        platform
+            .state
+            .get("threat_backlog")
+            .map(|b| String::from_utf8(b.clone()).unwrap()),
+        Some("[\"t-broken\"]".to_string())
+    );
+
+    // Next run: no event names t-broken any more, but the backlog does.
+    tap.threat_status.clear();
+    tap.threats
+        .insert("t-broken".into(), "{\"id\":\"t-broken\"}".into());
+    tap.events.clear();
+    tap.requests.clear();
+    let later = NOW + Duration::minutes(5);
+    tap.now = later;
+    platform.now = later;
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["threats"], 1);
+    assert!(platform
+        .stored
+        .contains_key(&(Index::Syslog, "threat:t-broken".to_string())));
+    assert_eq!(platform.state.get("threat_backlog"), None);
+}
+
+#[test]
+fn threat_lookups_stop_after_repeated_failures() {
+    let cfg = config(serde_json::json!({"content_types": ["threats"]}));
+    let mut tap = FakeTap::new(NOW);
+    let t = NOW - Duration::minutes(5);
+    for n in 0..10 {
+        let id = format!("t{n}");
+        tap.add_event(EventType::MessageBlocked, t, n, &id);
+        tap.threat_status.insert(id, 503);
+    }
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::minutes(10));
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["threats"], 0);
+    assert_eq!(
+        summary["written"], 0,
+        "events are not stored with content_types = [threats]"
+    );
+    let lookups = tap
+        .requests
+        .iter()
+        .filter(|p| p.contains("/threat/"))
+        .count();
+    assert_eq!(lookups, 3);
+    let backlog: Vec<String> =
+        serde_json::from_slice(platform.state.get("threat_backlog").unwrap()).unwrap();
+    assert_eq!(backlog.len(), 10);
+}
+
+#[test]
+fn fixture_events_collect_end_to_end() {
+    // Every fixture event served in one window by the fake API.
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut tap = FakeTap::new(NOW);
+    let t = NOW - Duration::minutes(5);
+    let mut lines = 0;
+    for (file, event_type) in crate::test_support::FIXTURE_FILES {
+        for line in crate::test_support::fixture_lines(file) {
+            if line.contains("queryEndTime") {
+                continue;
+            }
+            tap.events.push(FakeEvent {
+                event_type,
+                time: t,
+                visible_from: t,
+                raw: line,
+            });
+            lines += 1;
+        }
+    }
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::minutes(10));
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["events"], lines);
+    assert_eq!(summary["written"], lines);
+    assert_eq!(summary["quarantined"], 0);
+    assert_eq!(summary["by_type"]["messageBlocked"], 6);
+    assert_eq!(summary["by_type"]["messageDelivered"], 8);
+    assert_eq!(summary["by_type"]["clickPermitted"], 4);
+    assert_eq!(summary["by_type"]["clickBlocked"], 5);
+    // Raw events are stored byte for byte.
+    for e in &tap.events {
+        assert!(
+            platform.stored.values().any(|b| b.contains(&e.raw)),
+            "not stored verbatim: {}",
+            e.raw
+        );
+    }
+    // Collecting the same window again stores nothing twice.
+    let again = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(again["written"], 0);
+    assert_eq!(again["duplicates"], lines);
+}
+
+#[test]
+fn test_connection_is_one_cheap_request() {
+    let cfg = config(serde_json::json!({}));
+    let platform = FakePlatform::new(NOW);
+    let mut tap = FakeTap::new(NOW);
+    let message = crate::test_connection(&cfg, &mut tap, &platform).unwrap();
+    assert_eq!(
+        message,
+        "connected to http://127.0.0.1:4567 as the configured service principal: SIEM API reachable"
+    );
+    assert_eq!(
+        tap.requests,
+        vec!["/v2/siem/clicks/blocked?format=json&sinceSeconds=60"]
+    );
+
+    tap.scripted
+        .push_back(("/v2/siem/clicks/blocked".into(), Ok(response(401, ""))));
+    let err = crate::test_connection(&cfg, &mut tap, &platform).unwrap_err();
+    assert!(matches!(
+        err,
+        ConnectorError::Http(HttpFailure { status: 401, .. })
+    ));
+}
+
+#[test]
+fn host_url_path_prefix_is_kept() {
+    let cfg = config(serde_json::json!({"host_url": "http://127.0.0.1:4567/tap/"}));
+    assert_eq!(cfg.host_url, "http://127.0.0.1:4567/tap");
+    let platform = FakePlatform::new(NOW);
+    let mut tap = FakeTap::new(NOW);
+    tap.scripted.push_back((
+        "/tap/v2/siem/clicks/blocked".into(),
+        Ok(response(200, "{}")),
+    ));
+    crate::test_connection(&cfg, &mut tap, &platform).unwrap();
+    assert_eq!(
+        tap.requests,
+        vec!["/tap/v2/siem/clicks/blocked?format=json&sinceSeconds=60"]
+    );
+}
+
+#[test]
+fn describe_names_the_connector_and_its_schema() {
+    let d: Value = serde_json::from_str(&crate::describe()).unwrap();
+    assert_eq!(d["name"], "proofpoint_tap");
+    assert_eq!(d["vendor"], "Proofpoint");
+    assert_eq!(d["version"], env!("CARGO_PKG_VERSION"));
+    assert!(d["description"].as_str().unwrap().len() > 20);
+    assert_eq!(d["config"]["type"], "object");
+    for key in crate::config::CONNECTOR_KEYS {
+        assert!(d["config"]["properties"].get(key).is_some(), "{key}");
+    }
+}

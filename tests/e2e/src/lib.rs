@@ -1,0 +1,245 @@
+//! Helpers for the end-to-end tests: start `tap-sim`, write a dphost
+//! configuration, run `dphost`, compare what landed with `/_sim/truth`.
+//!
+//! The binaries and components come from `make build` (the tests say so if
+//! they are missing): `target/release/{dphost,tap-sim}`,
+//! `components/proofpoint_tap.wasm` and
+//! `target/wasm32-wasip2/release/sandbox_probe.wasm`.
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+fn built(path: PathBuf) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{} is missing: run `make build` first (make test does)",
+        path.display()
+    );
+    path
+}
+
+pub fn dphost_bin() -> PathBuf {
+    built(root().join("target/release/dphost"))
+}
+
+pub fn tap_sim_bin() -> PathBuf {
+    built(root().join("target/release/tap-sim"))
+}
+
+pub fn tap_component() -> PathBuf {
+    built(root().join("components/proofpoint_tap.wasm"))
+}
+
+pub fn probe_component() -> PathBuf {
+    built(root().join("target/wasm32-wasip2/release/sandbox_probe.wasm"))
+}
+
+pub fn fixtures_dir() -> PathBuf {
+    root().join("../shared/fixtures/tap/elastic")
+}
+
+/// A running tap-sim, killed on drop.
+pub struct Sim {
+    child: Child,
+    pub url: String,
+}
+
+pub const PRINCIPAL: &str = "sim-principal";
+pub const SECRET: &str = "sim-secret";
+
+impl Sim {
+    pub fn start(args: &[&str]) -> Result<Sim> {
+        let mut child = Command::new(tap_sim_bin())
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting tap-sim")?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut first = String::new();
+        BufReader::new(stdout).read_line(&mut first)?;
+        let url = first
+            .trim()
+            .strip_prefix("listening on ")
+            .with_context(|| format!("unexpected first line from tap-sim: {first:?}"))?
+            .to_string();
+        Ok(Sim { child, url })
+    }
+
+    pub fn get(&self, path: &str) -> Result<String> {
+        let resp = reqwest::blocking::get(format!("{}{path}", self.url))?;
+        if !resp.status().is_success() {
+            bail!("GET {path}: {}", resp.status());
+        }
+        Ok(resp.text()?)
+    }
+
+    /// `/_sim/truth` as (event_type, event) pairs.
+    pub fn truth(&self) -> Result<Vec<(String, Value)>> {
+        let body = self.get("/_sim/truth")?;
+        body.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: Value = serde_json::from_str(l)?;
+                let array = v["type"].as_str().context("truth line without type")?;
+                Ok((event_type_of(array).to_string(), v["event"].clone()))
+            })
+            .collect()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The record `event_type` for a SIEM array name.
+pub fn event_type_of(array: &str) -> &'static str {
+    match array {
+        "messagesBlocked" => "messageBlocked",
+        "messagesDelivered" => "messageDelivered",
+        "clicksBlocked" => "clickBlocked",
+        "clicksPermitted" => "clickPermitted",
+        other => panic!("unknown SIEM array {other}"),
+    }
+}
+
+/// A scratch folder with a components folder and a configuration.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Result<Workspace> {
+        let dir = tempfile::tempdir()?;
+        std::fs::create_dir_all(dir.path().join("components"))?;
+        std::fs::copy(
+            tap_component(),
+            dir.path().join("components/proofpoint_tap.wasm"),
+        )?;
+        std::fs::copy(
+            probe_component(),
+            dir.path().join("components/sandbox_probe.wasm"),
+        )?;
+        Ok(Workspace { dir })
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("dphost.toml")
+    }
+
+    /// Writes `dphost.toml`: a `[host]` table plus the given connector tables.
+    pub fn write_config(&self, connectors: &str) -> Result<()> {
+        let text =
+            format!("[host]\ndata_dir = \"data\"\ncomponents_dir = \"components\"\n\n{connectors}");
+        std::fs::write(self.config_path(), text)?;
+        Ok(())
+    }
+
+    /// Runs `dphost ARGS --config <this config>`.
+    pub fn dphost(&self, args: &[&str]) -> Result<Output> {
+        let out = Command::new(dphost_bin())
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .env_remove("RUST_LOG")
+            .output()
+            .context("running dphost")?;
+        Ok(out)
+    }
+
+    /// Every record matching `query` in `index`, parsed.
+    pub fn search(&self, index: &str, query: &str) -> Result<Vec<Value>> {
+        let out = self.dphost(&["search", "--index", index, query])?;
+        if !out.status.success() {
+            bail!(
+                "dphost search failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        String::from_utf8(out.stdout)?
+            .lines()
+            .map(|l| Ok(serde_json::from_str(l)?))
+            .collect()
+    }
+}
+
+/// A TAP connector table for `sim`.
+pub fn tap_connector(name: &str, tenant: &str, sim: &Sim, extra: &str) -> String {
+    format!(
+        "[[connector]]\nname = \"{name}\"\ntenant = \"{tenant}\"\ncomponent = \"proofpoint_tap\"\nhost_url = \"{}\"\nprincipal = \"{PRINCIPAL}\"\nsecret = \"{SECRET}\"\n{extra}\n",
+        sim.url
+    )
+}
+
+/// Multiset of (event_type, canonical event JSON).
+pub fn multiset<'a>(
+    items: impl IntoIterator<Item = (&'a str, &'a Value)>,
+) -> BTreeMap<(String, String), usize> {
+    let mut m = BTreeMap::new();
+    for (t, e) in items {
+        *m.entry((t.to_string(), canonical(e))).or_insert(0) += 1;
+    }
+    m
+}
+
+/// JSON text with object keys sorted at every level, whatever map type
+/// serde_json was built with.
+pub fn canonical(v: &Value) -> String {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let fields: Vec<String> = keys
+                .into_iter()
+                .map(|k| format!("{}:{}", Value::String(k.clone()), canonical(&map[k])))
+                .collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(items) => format!(
+            "[{}]",
+            items.iter().map(canonical).collect::<Vec<_>>().join(",")
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// What landed in the Syslog index as (event_type, original event) pairs.
+pub fn landed_events(ws: &Workspace) -> Result<Vec<(String, Value)>> {
+    ws.search("syslog", "msg_class:proofpoint_tap_event")?
+        .into_iter()
+        .map(|r| {
+            Ok((
+                r["event_type"]
+                    .as_str()
+                    .context("record without event_type")?
+                    .to_string(),
+                r["proofpoint_tap"].clone(),
+            ))
+        })
+        .collect()
+}
+
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
