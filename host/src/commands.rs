@@ -2,7 +2,7 @@
 //! 1 a connector failed, (2 for a host error, from `main`).
 
 use crate::config::{Config, ConnectorConfig};
-use crate::runtime::{CallReport, Operation, Runtime};
+use crate::runtime::{CallReport, Operation, Progress, ProgressObserver, Runtime};
 use crate::scheduler;
 use crate::search::Query;
 use crate::store::{Index, Store};
@@ -42,12 +42,27 @@ pub async fn once(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
     }
     let runtime = Arc::new(Runtime::new(&config)?);
     let permits = Arc::new(tokio::sync::Semaphore::new(config.host.max_concurrent_runs));
+    // Progress bars draw only on a terminal; in scripts and CI they are hidden.
+    let bars = indicatif::MultiProgress::new();
     let mut tasks = tokio::task::JoinSet::new();
     for (i, c) in selected.into_iter().enumerate() {
         let (runtime, permits) = (runtime.clone(), permits.clone());
+        let bar = bars.add(progress_bar(&c.name));
         tasks.spawn(async move {
             let _permit = permits.acquire_owned().await.expect("never closed");
-            (i, runtime.call(&c, Operation::Collect).await)
+            let started = std::time::Instant::now();
+            let observer_bar = bar.clone();
+            let observer: ProgressObserver = Arc::new(move |p: Progress| {
+                observer_bar.set_length(p.total as u64);
+                observer_bar.set_position(p.done as u64);
+                let rate = p.items as f64 / started.elapsed().as_secs_f64().max(0.001);
+                observer_bar.set_message(format!("{} events, {rate:.0}/s", p.items));
+            });
+            let report = runtime
+                .call_observed(&c, Operation::Collect, Some(observer))
+                .await;
+            bar.finish_and_clear();
+            (i, report)
         });
     }
     let mut reports: Vec<(usize, CallReport)> = Vec::new();
@@ -68,6 +83,19 @@ pub async fn once(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn progress_bar(name: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix:.bold} [{bar:30}] {pos}/{len} windows  {msg}  {elapsed}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(name.to_string());
+    bar
 }
 
 /// One paragraph per connector: what it collected, or why it failed.

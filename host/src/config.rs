@@ -39,6 +39,10 @@ pub struct HostConfig {
     /// every commit is one transaction).
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: u64,
+    /// For tests and simulations only: read "now" from this file instead of
+    /// the real clock (see `clock.rs`; `tap-sim --clock-file` reads the same).
+    #[serde(default)]
+    pub clock_file: Option<PathBuf>,
 }
 
 impl Default for HostConfig {
@@ -48,6 +52,7 @@ impl Default for HostConfig {
             components_dir: default_components_dir(),
             max_concurrent_runs: default_max_concurrent_runs(),
             shutdown_grace_secs: default_shutdown_grace_secs(),
+            clock_file: None,
         }
     }
 }
@@ -237,6 +242,15 @@ struct RawFile {
     connector: Vec<toml::Table>,
 }
 
+impl HostConfig {
+    pub fn clock(&self) -> crate::clock::Clock {
+        match &self.clock_file {
+            Some(path) => crate::clock::Clock::File(path.clone()),
+            None => crate::clock::Clock::Real,
+        }
+    }
+}
+
 impl Config {
     /// Reads and validates `path`. Every problem found is reported at once.
     pub fn load(path: &Path) -> Result<Config> {
@@ -257,6 +271,7 @@ impl Config {
         let mut host = raw.host.unwrap_or_default();
         host.data_dir = anchor(&base, &host.data_dir);
         host.components_dir = anchor(&base, &host.components_dir);
+        host.clock_file = host.clock_file.map(|f| anchor(&base, &f));
 
         let mut problems = Vec::new();
         if host.max_concurrent_runs == 0 {
@@ -481,6 +496,17 @@ impl ConnectorConfig {
     /// The JSON configuration handed to the component.
     pub fn component_config_json(&self) -> String {
         serde_json::Value::Object(self.component_config.clone()).to_string()
+    }
+
+    /// A stable, non-reversible key for this connector's API credential
+    /// (origin + principal); connectors without one get their own key.
+    pub fn credential_key(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let identity = match &self.principal {
+            Some(p) => format!("{}\n{p}", self.allowed),
+            None => format!("connector\n{}", self.name),
+        };
+        hex::encode(&Sha256::digest(identity.as_bytes())[..12])
     }
 
     /// Resolves the credential from its source. Called per run, so a rotated

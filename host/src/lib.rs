@@ -1,6 +1,7 @@
 //! dphost: a sandboxed, multi-tenant runtime for security-data connectors.
 //!
 //! - `config`: the operator's TOML file;
+//! - `clock`: "now", real or from a clock file shared with the simulator;
 //! - `runtime`: the wasmtime engine, the components folder, one sandbox per call;
 //! - `caps`: what a sandbox may use, one module per imported WIT interface;
 //! - `store`: the embedded SQLite store (state, indexes, outbox, run history);
@@ -10,6 +11,7 @@
 
 pub mod bindings;
 pub mod caps;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod runtime;

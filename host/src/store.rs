@@ -171,6 +171,14 @@ CREATE TABLE IF NOT EXISTS runs (
     error      TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_by_connector ON runs (connector, id);
+
+-- One row per request taken from a vendor rate-limit pool; rows older than
+-- the pool's window are pruned when the pool is next used.
+CREATE TABLE IF NOT EXISTS request_budget (
+    pool  TEXT NOT NULL,
+    at_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS request_budget_by_pool ON request_budget (pool, at_ms);
 "#;
 
 /// The schema version this build writes; bumped with every migration.
@@ -384,6 +392,57 @@ impl Store {
         Ok(())
     }
 
+    /// Takes one request from `pool` (a rolling window of `window_ms`) if
+    /// fewer than `limit` are in it at `now_ms`. Ok: requests left. Err: when
+    /// (epoch ms) the oldest counted request leaves the window.
+    pub fn budget_take(
+        &self,
+        pool: &str,
+        limit: u32,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<Result<u32, i64>> {
+        let mut conn = self.writer.lock().expect("store writer poisoned");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "DELETE FROM request_budget WHERE pool = ?1 AND at_ms <= ?2",
+            params![pool, now_ms - window_ms],
+        )?;
+        let (used, oldest): (i64, Option<i64>) = tx.query_row(
+            "SELECT count(*), min(at_ms) FROM request_budget WHERE pool = ?1",
+            params![pool],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let result = if used < limit as i64 {
+            tx.execute(
+                "INSERT INTO request_budget (pool, at_ms) VALUES (?1, ?2)",
+                params![pool, now_ms],
+            )?;
+            Ok((limit as i64 - used - 1) as u32)
+        } else {
+            Err(oldest.unwrap_or(now_ms) + window_ms)
+        };
+        tx.commit()?;
+        Ok(result)
+    }
+
+    /// Requests left in `pool` at `now_ms`.
+    pub fn budget_remaining(
+        &self,
+        pool: &str,
+        limit: u32,
+        window_ms: i64,
+        now_ms: i64,
+    ) -> Result<u32> {
+        let conn = self.reader.lock().expect("store reader poisoned");
+        let used: i64 = conn.query_row(
+            "SELECT count(*) FROM request_budget WHERE pool = ?1 AND at_ms > ?2",
+            params![pool, now_ms - window_ms],
+            |r| r.get(0),
+        )?;
+        Ok((limit as i64 - used).max(0) as u32)
+    }
+
     /// Number of records per index for `connector` (all connectors if None).
     pub fn count(&self, index: Index, connector: Option<&str>) -> Result<u64> {
         let conn = self.reader.lock().expect("store reader poisoned");
@@ -530,6 +589,49 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.state_get("c1", "k").unwrap(), Some(b"v".to_vec()));
         assert_eq!(store.state_get("c1", "gone").unwrap(), None);
+    }
+
+    #[test]
+    fn budget_is_a_rolling_window_per_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let day = 86_400_000;
+        assert_eq!(
+            store.budget_take("cred/siem", 2, day, 1_000).unwrap(),
+            Ok(1)
+        );
+        assert_eq!(
+            store.budget_take("cred/siem", 2, day, 2_000).unwrap(),
+            Ok(0)
+        );
+        assert_eq!(
+            store.budget_take("cred/siem", 2, day, 3_000).unwrap(),
+            Err(1_000 + day)
+        );
+        assert_eq!(
+            store.budget_remaining("cred/siem", 2, day, 3_000).unwrap(),
+            0
+        );
+        // Another pool, or another credential, is not affected.
+        assert_eq!(
+            store.budget_take("cred/clicks", 2, day, 3_000).unwrap(),
+            Ok(1)
+        );
+        assert_eq!(
+            store.budget_take("other/siem", 2, day, 3_000).unwrap(),
+            Ok(1)
+        );
+        // A day after the first request, one slot is free again.
+        assert_eq!(
+            store
+                .budget_remaining("cred/siem", 2, day, 1_000 + day)
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            store.budget_take("cred/siem", 2, day, 1_000 + day).unwrap(),
+            Ok(0)
+        );
     }
 
     #[test]

@@ -56,6 +56,14 @@ impl log::Host for RunState {
         }
         Ok(())
     }
+
+    fn progress(&mut self, done: u32, total: u32, items: u64) -> wasmtime::Result<()> {
+        self.progress = crate::runtime::Progress { done, total, items };
+        if let Some(observe) = &self.progress_observer {
+            observe(self.progress);
+        }
+        Ok(())
+    }
 }
 
 fn truncate(mut message: String) -> String {

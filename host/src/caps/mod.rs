@@ -7,6 +7,7 @@
 //!
 //! Host-wide setup (engine, store, component cache) lives in `runtime`.
 
+pub mod budget;
 pub mod http;
 pub mod log;
 pub mod sink;

@@ -3,6 +3,7 @@
 //! arguments, no preopened directories, no sockets, no name lookup. Its
 //! stderr is kept (the last few KiB) so a panic message can be reported.
 
+use crate::clock::{Clock, SandboxWallClock};
 use crate::runtime::RunState;
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -21,13 +22,14 @@ pub fn link(linker: &mut Linker<RunState>) -> anyhow::Result<()> {
 }
 
 /// A sandbox with nothing in it but clocks and randomness.
-pub fn prepare() -> (WasiCtx, StderrTail) {
+pub fn prepare(clock: &Clock) -> (WasiCtx, StderrTail) {
     let tail = StderrTail::default();
     let mut builder = WasiCtx::builder();
     builder
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
+        .wall_clock(SandboxWallClock(clock.clone()))
         .stderr(AsyncStdoutStream::new(STDERR_TAIL_BYTES, tail.clone()));
     (builder.build(), tail)
 }

@@ -75,6 +75,7 @@ pub fn build_linker(engine: &Engine) -> Result<Linker<RunState>> {
     caps::state::link(&mut linker)?;
     caps::sink::link(&mut linker)?;
     caps::log::link(&mut linker)?;
+    caps::budget::link(&mut linker)?;
     Ok(linker)
 }
 

@@ -16,6 +16,7 @@ pub mod components;
 
 use crate::bindings::{ConnectorError, ConnectorExports};
 use crate::caps::{self, http::HttpGate, log::LogBudget, sink::SinkStats, wasi::StderrTail};
+use crate::clock::Clock;
 use crate::config::{Config, ConnectorConfig, Limits};
 use crate::store::{now_ms, RunRecord, Store};
 use anyhow::{Context, Result};
@@ -34,7 +35,22 @@ pub struct RunScope {
     pub tenant: String,
     pub store: Arc<Store>,
     pub limits: Limits,
+    pub clock: Clock,
+    /// Identifies the API credential (origin + principal) without revealing
+    /// it: the key of the request budgets this connector shares.
+    pub credential_key: String,
 }
+
+/// Progress of a collection as the component reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub done: u32,
+    pub total: u32,
+    pub items: u64,
+}
+
+/// Receives progress reports during a call (e.g. a progress bar).
+pub type ProgressObserver = Arc<dyn Fn(Progress) + Send + Sync>;
 
 /// Everything a sandbox's `Store` holds for one run.
 pub struct RunState {
@@ -45,6 +61,8 @@ pub struct RunState {
     pub http: HttpGate,
     pub log: LogBudget,
     pub sink: SinkStats,
+    pub progress: Progress,
+    pub progress_observer: Option<ProgressObserver>,
     memory: MemoryCap,
     cpu_ticks: u64,
     cpu_budget_ticks: u64,
@@ -259,6 +277,7 @@ pub struct CallReport {
     pub last_warning: Option<String>,
     pub cpu_time: Duration,
     pub peak_memory: usize,
+    pub progress: Progress,
 }
 
 impl CallReport {
@@ -276,6 +295,7 @@ pub struct Runtime {
     pub components: ComponentSet,
     pub components_dir: PathBuf,
     pub store: Arc<Store>,
+    pub clock: Clock,
 }
 
 impl Runtime {
@@ -314,12 +334,23 @@ impl Runtime {
             components,
             components_dir: config.host.components_dir.clone(),
             store,
+            clock: config.host.clock(),
         })
     }
 
     /// Calls one export of `connector`'s component in a fresh sandbox and
     /// records the call in the run history (except `describe`).
     pub async fn call(&self, connector: &ConnectorConfig, operation: Operation) -> CallReport {
+        self.call_observed(connector, operation, None).await
+    }
+
+    /// `call`, reporting the component's progress to `observer`.
+    pub async fn call_observed(
+        &self,
+        connector: &ConnectorConfig,
+        operation: Operation,
+        observer: Option<ProgressObserver>,
+    ) -> CallReport {
         let started_ms = now_ms();
         let started = Instant::now();
         let mut report = CallReport {
@@ -336,8 +367,11 @@ impl Runtime {
             last_warning: None,
             cpu_time: Duration::ZERO,
             peak_memory: 0,
+            progress: Progress::default(),
         };
-        report.result = self.call_inner(connector, operation, &mut report).await;
+        report.result = self
+            .call_inner(connector, operation, observer, &mut report)
+            .await;
         report.elapsed = started.elapsed();
         if operation != Operation::Describe {
             let (summary, error) = match &report.result {
@@ -365,6 +399,7 @@ impl Runtime {
         &self,
         connector: &ConnectorConfig,
         operation: Operation,
+        observer: Option<ProgressObserver>,
         report: &mut CallReport,
     ) -> Result<String, Failure> {
         let component = self
@@ -375,13 +410,15 @@ impl Runtime {
             .credential()
             .map_err(|e| Failure::Host(format!("{e:#}")))?;
         let limits = connector.limits.clone();
-        let (wasi, stderr) = caps::wasi::prepare();
+        let (wasi, stderr) = caps::wasi::prepare(&self.clock);
         let state = RunState {
             scope: Arc::new(RunScope {
                 connector: connector.name.clone(),
                 tenant: connector.tenant.clone(),
                 store: self.store.clone(),
                 limits: limits.clone(),
+                clock: self.clock.clone(),
+                credential_key: connector.credential_key(),
             }),
             table: ResourceTable::new(),
             wasi,
@@ -389,6 +426,8 @@ impl Runtime {
             http: caps::http::prepare(&connector.name, &connector.allowed, credential.as_ref()),
             log: caps::log::prepare(limits.log_lines_per_run),
             sink: SinkStats::default(),
+            progress: Progress::default(),
+            progress_observer: observer,
             memory: MemoryCap {
                 limit: (limits.memory_mib as usize) << 20,
                 exceeded: false,
@@ -416,7 +455,7 @@ impl Runtime {
         let outcome = tokio::time::timeout(timeout, async {
             let instance = component.pre.instantiate_async(&mut store).await?;
             let api: &ConnectorExports = instance.dphost_connector_connector();
-            let result = match operation {
+            match operation {
                 Operation::Describe => api.call_describe(&mut store).await.map(Ok),
                 Operation::ValidateConfig => api
                     .call_validate_config(&mut store, &config_json)
@@ -429,8 +468,7 @@ impl Runtime {
                     api.call_test_connection(&mut store, &config_json).await
                 }
                 Operation::Collect => api.call_collect(&mut store, &config_json).await,
-            };
-            wasmtime::Result::Ok(result?)
+            }
         })
         .await;
 
@@ -442,6 +480,7 @@ impl Runtime {
         report.last_warning = data.log.last_warning.clone();
         report.cpu_time = EPOCH_TICK * data.cpu_ticks.min(u32::MAX as u64) as u32;
         report.peak_memory = data.memory.peak;
+        report.progress = data.progress;
         let memory_exceeded = data.memory.exceeded;
         if report.logs_dropped > 0 {
             tracing::warn!(
