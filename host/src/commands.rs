@@ -4,8 +4,8 @@
 use crate::config::{Config, ConnectorConfig};
 use crate::runtime::{CallReport, Operation, Progress, ProgressObserver, Runtime};
 use crate::scheduler;
-use crate::search::Query;
-use crate::store::{Index, Store};
+use crate::search::{parse_time_bound, Query};
+use crate::store::{Index, ScanFilter, Store, INDEXED_FIELDS};
 use anyhow::{bail, Result};
 use std::io::Write;
 use std::path::Path;
@@ -181,22 +181,45 @@ pub async fn check(config_path: &Path) -> Result<ExitCode> {
     })
 }
 
-pub fn search(
-    config_path: &Path,
-    index: &str,
-    format: OutputFormat,
-    count_only: bool,
-    limit: Option<usize>,
-    query: &str,
-) -> Result<ExitCode> {
+/// What `dphost search` was asked.
+#[derive(Debug, Clone)]
+pub struct SearchRequest {
+    pub index: String,
+    pub format: OutputFormat,
+    pub count_only: bool,
+    pub limit: Option<usize>,
+    pub tenant: Option<String>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub query: String,
+}
+
+pub fn search(config_path: &Path, req: &SearchRequest) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
-    let index = Index::parse(index)?;
-    let query = Query::parse(query)?;
+    let index = Index::parse(&req.index)?;
+    let query = Query::parse(&req.query)?;
+    let now_ms = config.host.clock().now_ms()?;
+    let bound = |t: &Option<String>| {
+        t.as_deref()
+            .map(|t| parse_time_bound(t, now_ms))
+            .transpose()
+    };
+    let filter = ScanFilter {
+        tenant: req.tenant.clone(),
+        equals: INDEXED_FIELDS
+            .iter()
+            .filter_map(|(path, _)| query.required_value(path).map(|v| (path.to_string(), v)))
+            .collect(),
+        since_ms: bound(&req.since)?,
+        until_ms: bound(&req.until)?,
+        must_contain: query.prefilter(),
+    };
+    let (format, count_only, limit) = (req.format, req.count_only, req.limit);
     let store = Store::open(&config.host.data_dir)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut matched = 0usize;
     let mut rows = Vec::new();
-    store.scan(index, &query.prefilter(), |rec| {
+    store.scan(index, &filter, |rec| {
         let Ok(body) = serde_json::from_str::<serde_json::Value>(&rec.body) else {
             return Ok(true);
         };

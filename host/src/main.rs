@@ -52,12 +52,19 @@ enum Command {
         /// The connector's `name` in the configuration.
         name: String,
     },
-    /// Search stored records: `field:value` terms on dotted paths, joined by
-    /// AND; `*` is a wildcard; a bare word matches any text in the record.
+    /// Search stored records.
+    ///
+    /// QUERY: `field:value` terms on dotted paths (a list matches if any
+    /// element does; strings compare case-insensitively; `*` in a value is a
+    /// wildcard; `field:*` means the field exists; quote values with spaces),
+    /// joined with AND (or just spaces), OR, NOT (or a leading `-`) and
+    /// parentheses. `*` alone matches everything; a bare word matches any
+    /// text in the record.
     ///
     /// Examples: 'msg_class:proofpoint_tap_event',
     /// 'event_type:clickPermitted AND tenant_name:acme',
-    /// 'proofpoint_tap.sender:*@example.com'.
+    /// 'msg_class:proofpoint_tap_event AND (event_type:clickPermitted OR event_type:messageDelivered)',
+    /// 'email.sender.address:"x@example.com"'.
     Search {
         /// The index to search.
         #[arg(long, default_value = "syslog", value_parser = ["syslog", "alerts", "quarantine"])]
@@ -71,6 +78,16 @@ enum Command {
         /// Stop after this many records.
         #[arg(long)]
         limit: Option<usize>,
+        /// Only this tenant's records.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only records whose `timestamp` is at or after this time: RFC 3339
+        /// or a span back from now (30m, 24h, 7d).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records whose `timestamp` is before this time (same forms).
+        #[arg(long)]
+        until: Option<String>,
         /// The query (several arguments are joined with AND).
         #[arg(required = true)]
         query: Vec<String>,
@@ -114,17 +131,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 format,
                 count,
                 limit,
+                tenant,
+                since,
+                until,
                 query,
             } => commands::search(
                 &cli.config,
-                &index,
-                match format {
-                    Format::Ndjson => commands::OutputFormat::Ndjson,
-                    Format::Table => commands::OutputFormat::Table,
+                &commands::SearchRequest {
+                    index,
+                    format: match format {
+                        Format::Ndjson => commands::OutputFormat::Ndjson,
+                        Format::Table => commands::OutputFormat::Table,
+                    },
+                    count_only: count,
+                    limit,
+                    tenant,
+                    since,
+                    until,
+                    query: query.join(" "),
                 },
-                count,
-                limit,
-                &query.join(" "),
             ),
         }
     })

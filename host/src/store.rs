@@ -99,6 +99,26 @@ pub struct StoredRecord {
     pub body: String,
 }
 
+/// Fields with an expression index: (dotted path, JSON path).
+pub const INDEXED_FIELDS: [(&str, &str); 3] = [
+    ("msg_class", "$.msg_class"),
+    ("event_type", "$.event_type"),
+    ("email.sender.address", "$.email.sender.address"),
+];
+
+/// What a scan may skip in SQL before the exact match.
+#[derive(Debug, Clone, Default)]
+pub struct ScanFilter {
+    pub tenant: Option<String>,
+    /// Case-insensitive equality on `INDEXED_FIELDS` (scalar values only).
+    pub equals: Vec<(String, String)>,
+    /// Bounds on the record's `timestamp` (epoch ms), `[since, until)`.
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Substrings the body must contain (ASCII, case-insensitive).
+    pub must_contain: Vec<String>,
+}
+
 /// How a run ended, as kept in the run history.
 #[derive(Debug, Clone)]
 pub struct RunRecord {
@@ -141,6 +161,13 @@ CREATE TABLE IF NOT EXISTS records (
     UNIQUE (connector, idx, record_id)
 );
 CREATE INDEX IF NOT EXISTS records_by_index ON records (idx, seq);
+-- The fields analysts query most (see `INDEXED_FIELDS`): search pushes exact
+-- terms on them down to these expression indexes.
+CREATE INDEX IF NOT EXISTS records_by_tenant ON records (idx, tenant, seq);
+CREATE INDEX IF NOT EXISTS records_by_msg_class ON records (idx, lower(json_extract(body, '$.msg_class')));
+CREATE INDEX IF NOT EXISTS records_by_event_type ON records (idx, lower(json_extract(body, '$.event_type')));
+CREATE INDEX IF NOT EXISTS records_by_sender ON records (idx, lower(json_extract(body, '$.email.sender.address')));
+CREATE INDEX IF NOT EXISTS records_by_timestamp ON records (idx, json_extract(body, '$.timestamp'));
 
 CREATE TABLE IF NOT EXISTS outbox (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -355,26 +382,62 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Streams the records of `index` in commit order. Each `must_contain`
-    /// string must occur in the body (case-insensitively): a cheap SQL
-    /// prefilter; the caller does the exact matching.
+    /// Streams the records of `index` that pass `filter`, in commit order.
+    /// The filter narrows the scan in SQL (indexes, then a substring
+    /// prefilter); the caller does the exact matching.
     pub fn scan(
         &self,
         index: Index,
-        must_contain: &[String],
+        filter: &ScanFilter,
         mut visit: impl FnMut(StoredRecord) -> Result<bool>,
     ) -> Result<()> {
+        use rusqlite::types::Value as Sql;
         let conn = self.reader.lock().expect("store reader poisoned");
         let mut sql = String::from(
             "SELECT seq, idx, connector, tenant, record_id, body FROM records WHERE idx = ?1",
         );
-        for i in 0..must_contain.len() {
-            sql.push_str(&format!(" AND body LIKE ?{} ESCAPE '\\'", i + 2));
+        let mut values: Vec<Sql> = vec![Sql::Text(index.as_str().to_string())];
+        let mut bind = |sql: &mut String, clause: &str, v: Sql| {
+            values.push(v);
+            sql.push_str(&clause.replace('?', &format!("?{}", values.len())));
+        };
+        if let Some(t) = &filter.tenant {
+            bind(&mut sql, " AND tenant = ?", Sql::Text(t.clone()));
+        }
+        for (path, value) in &filter.equals {
+            let field = INDEXED_FIELDS
+                .iter()
+                .find(|f| f.0 == path)
+                .with_context(|| format!("`{path}` is not an indexed field"))?;
+            bind(
+                &mut sql,
+                &format!(" AND lower(json_extract(body, '{}')) = ?", field.1),
+                Sql::Text(value.to_lowercase()),
+            );
+        }
+        if let Some(ms) = filter.since_ms {
+            bind(
+                &mut sql,
+                " AND json_extract(body, '$.timestamp') >= ?",
+                Sql::Integer(ms),
+            );
+        }
+        if let Some(ms) = filter.until_ms {
+            bind(
+                &mut sql,
+                " AND json_extract(body, '$.timestamp') < ?",
+                Sql::Integer(ms),
+            );
+        }
+        for s in &filter.must_contain {
+            bind(
+                &mut sql,
+                " AND body LIKE ? ESCAPE '\\'",
+                Sql::Text(format!("%{}%", escape_like(s))),
+            );
         }
         sql.push_str(" ORDER BY seq");
         let mut stmt = conn.prepare(&sql)?;
-        let mut values: Vec<String> = vec![index.as_str().to_string()];
-        values.extend(must_contain.iter().map(|s| format!("%{}%", escape_like(s))));
         let mut rows = stmt.query(rusqlite::params_from_iter(values.iter()))?;
         while let Some(r) = rows.next()? {
             let rec = StoredRecord {
@@ -546,7 +609,7 @@ mod tests {
         );
         let mut bodies = Vec::new();
         store
-            .scan(Index::Syslog, &[], |r| {
+            .scan(Index::Syslog, &ScanFilter::default(), |r| {
                 bodies.push(r.body);
                 Ok(true)
             })
@@ -648,10 +711,17 @@ mod tests {
         store.commit(&owner(), &b).unwrap();
         let mut ids = Vec::new();
         store
-            .scan(Index::Syslog, &["100%".into()], |r| {
-                ids.push(r.id);
-                Ok(true)
-            })
+            .scan(
+                Index::Syslog,
+                &ScanFilter {
+                    must_contain: vec!["100%".into()],
+                    ..Default::default()
+                },
+                |r| {
+                    ids.push(r.id);
+                    Ok(true)
+                },
+            )
             .unwrap();
         assert_eq!(ids, vec!["1"]);
     }

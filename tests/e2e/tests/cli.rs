@@ -122,9 +122,43 @@ fn search_filters_and_formats() -> Result<()> {
     let table = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(table.starts_with("TIME"), "{table}");
     assert_eq!(table.lines().count(), 1 + 3 + 1, "{table}");
-    let out = ws.dphost(&["search", "a OR b"])?;
+    let either = ws.search(
+        "syslog",
+        "msg_class:proofpoint_tap_event AND (event_type:clickPermitted OR event_type:clickBlocked)",
+    )?;
+    let blocked = ws.search("syslog", "event_type:clickblocked")?;
+    assert_eq!(
+        either.len(),
+        clicks.len() + blocked.len(),
+        "OR, and case-insensitive enumerations"
+    );
+    let not_clicks = ws.search(
+        "syslog",
+        "msg_class:proofpoint_tap_event NOT event_type:click*",
+    )?;
+    assert_eq!(not_clicks.len() + either.len(), all.len());
+    let tenant = ws.dphost(&["search", "--count", "--tenant", "nobody", "*"])?;
+    assert_eq!(String::from_utf8_lossy(&tenant.stdout).trim(), "0");
+    let recent = ws.dphost(&[
+        "search",
+        "--count",
+        "--since",
+        "30m",
+        "msg_class:proofpoint_tap_event",
+    ])?;
+    let recent: usize = String::from_utf8_lossy(&recent.stdout).trim().parse()?;
+    assert!(
+        recent > 0 && recent < all.len(),
+        "--since 30m keeps the last half hour of a 2 h history: {recent} of {}",
+        all.len()
+    );
+    let out = ws.dphost(&["search", "(event_type:clickPermitted"])?;
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("AND only"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not closed"),
+        "{}",
+        text(&out)
+    );
     Ok(())
 }
 
@@ -158,7 +192,7 @@ fn run_collects_on_schedule_and_stops_cleanly_on_ctrl_c() -> Result<()> {
         .args(["run", "--config"])
         .arg(ws.config_path())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(ws.dir.path().join("run.log"))?)
         .spawn()?;
     let deadline = Instant::now() + Duration::from_secs(60);
     let both_collected = loop {
