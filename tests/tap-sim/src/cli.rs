@@ -22,6 +22,10 @@ indexing lag <= server time.
 Simulator endpoints (no auth): /_sim/truth[?all=1][&from=T&to=T] (NDJSON of every event \
 visible so far) and /_sim/stats (request counts).
 
+With --clock-file, \"now\" is the time written in that file (re-read whenever needed), so tests \
+can move simulated time forward. With --faults, authenticated /v2/siem/* and /v2/threat/* \
+requests randomly get errors, resets, slow or broken bodies.
+
 The first line on stdout is `listening on http://ADDR`; logs go to stderr (RUST_LOG filters).";
 
 #[derive(Parser, Debug, Clone)]
@@ -77,6 +81,29 @@ pub struct Cli {
     /// Shape of generated events: as the live API sends them, as documented, or mixed (~20% documented).
     #[arg(long, value_enum, default_value_t = ShapeMix::Mixed)]
     pub shape: ShapeMix,
+
+    /// Read "now" from this file (one line: an RFC 3339 UTC time such as
+    /// 2026-11-20T10:00:00Z, or Unix epoch milliseconds) every time it is
+    /// needed, instead of the system clock. Write it atomically (temporary
+    /// file + rename); move it forward only. Missing or unparsable: 500.
+    #[arg(long, value_name = "FILE")]
+    pub clock_file: Option<PathBuf>,
+
+    /// Inject faults into authenticated /v2/siem/* and /v2/threat/*
+    /// requests: comma-separated KIND=RATE (rates in [0,1], total <= 1).
+    /// Kinds: 500, 503, 429 (spurious, not counted in the pool), reset,
+    /// slow-first-byte, slow-body, truncate, malformed.
+    /// Example: 500=0.05,503=0.05,reset=0.03,truncate=0.03,malformed=0.02
+    #[arg(long, value_name = "SPEC")]
+    pub faults: Option<String>,
+
+    /// Seed for which requests get faults [default: --seed].
+    #[arg(long, value_name = "N")]
+    pub fault_seed: Option<u64>,
+
+    /// Delay of the slow-first-byte and slow-body faults, in seconds.
+    #[arg(long, value_name = "S", default_value_t = 5.0, value_parser = non_negative)]
+    pub slow_secs: f64,
 }
 
 impl Cli {
@@ -130,6 +157,31 @@ mod tests {
         assert_eq!(cli.rate_limit, 1800);
         assert_eq!(cli.shape, ShapeMix::Mixed);
         assert!(cli.events.is_empty());
+        assert_eq!(cli.clock_file, None);
+        assert_eq!(cli.faults, None);
+        assert_eq!(cli.fault_seed, None);
+        assert_eq!(cli.slow_secs, 5.0);
+    }
+
+    #[test]
+    fn clock_and_fault_options() {
+        let cli = Cli::try_parse_from([
+            "tap-sim",
+            "--clock-file",
+            "/tmp/now",
+            "--faults",
+            "500=0.1,reset=0.2",
+            "--fault-seed",
+            "9",
+            "--slow-secs",
+            "0.5",
+        ])
+        .unwrap();
+        assert_eq!(cli.clock_file, Some(PathBuf::from("/tmp/now")));
+        assert_eq!(cli.faults.as_deref(), Some("500=0.1,reset=0.2"));
+        assert_eq!(cli.fault_seed, Some(9));
+        assert_eq!(cli.slow_secs, 0.5);
+        assert!(Cli::try_parse_from(["tap-sim", "--slow-secs", "-1"]).is_err());
     }
 
     #[test]

@@ -2,7 +2,10 @@
 //! See `cli.rs` (or `tap-sim --help`) for what it serves.
 
 mod cli;
+mod clock;
+mod conn;
 mod events_file;
+mod faults;
 mod generate;
 mod interval;
 mod json_writer;
@@ -26,7 +29,10 @@ use clap::Parser;
 use tokio::net::TcpListener;
 
 use crate::cli::Cli;
+use crate::clock::Clock;
+use crate::conn::{Conn, FaultListener};
 use crate::events_file::{LoadOptions, LoadedEvents};
+use crate::faults::{FaultInjector, FaultSpec};
 use crate::generate::{Generator, GeneratorConfig};
 use crate::ratelimit::RateLimiter;
 use crate::server::{AppState, Credentials};
@@ -57,8 +63,26 @@ async fn run(cli: Cli) -> Result<()> {
         )
         .init();
 
+    let clock = match &cli.clock_file {
+        Some(path) => Clock::file(path),
+        None => Clock::system(),
+    };
+    // "Now" at start: the history start and the --retime target.
+    let start = clock.now()?;
     // Whole seconds, so generated times relative to start look tidy.
-    let start_ms = timestamp::floor_ms(timestamp::now_utc()).div_euclid(1000) * 1000;
+    let start_ms = timestamp::floor_ms(start).div_euclid(1000) * 1000;
+
+    let faults = match &cli.faults {
+        Some(text) => {
+            let spec = FaultSpec::parse(text)
+                .map_err(|why| anyhow::anyhow!("invalid --faults {text:?}: {why}"))?;
+            let seed = cli.fault_seed.unwrap_or(cli.seed);
+            let slow = std::time::Duration::try_from_secs_f64(cli.slow_secs)
+                .map_err(|e| anyhow::anyhow!("invalid --slow-secs {}: {e}", cli.slow_secs))?;
+            Some(FaultInjector::new(spec, seed, slow))
+        }
+        None => None,
+    };
     let history_ms = (cli.history_hours * HOUR_MS) as i64;
     let max_lag_ms = (cli.max_lag_min * MINUTE_MS) as i64;
 
@@ -93,6 +117,8 @@ async fn run(cli: Cli) -> Result<()> {
         limiter: RateLimiter::new(cli.rate_limit),
         stats: Stats::default(),
         seed: cli.seed,
+        clock,
+        faults,
     });
 
     let listener = TcpListener::bind(&cli.listen)
@@ -110,13 +136,36 @@ async fn run(cli: Cli) -> Result<()> {
         history_hours = cli.history_hours,
         max_lag_min = cli.max_lag_min,
         rate_limit = cli.rate_limit,
+        clock = state.clock.describe(),
+        start = %timestamp::ms_to_datetime(start_ms),
         "tap-sim started"
     );
+    if let Some(faults) = &state.faults {
+        tracing::info!(
+            faults = %faults.spec(),
+            slow_secs = cli.slow_secs,
+            "injecting faults"
+        );
+    }
 
-    axum::serve(listener, server::router(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let faulty = state.faults.is_some();
+    let router = server::router(state);
+    if faulty {
+        // Connections a handler can reset or break off.
+        axum::serve(
+            FaultListener::new(listener),
+            router.into_make_service_with_connect_info::<Conn>(),
+        )
+        .with_graceful_shutdown(shutdown)
         .await
         .context("server failed")
+    } else {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("server failed")
+    }
 }

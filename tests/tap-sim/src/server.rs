@@ -1,12 +1,13 @@
 //! HTTP routes: the SIEM and Threat APIs (Basic auth), plus the
 //! simulator's own unauthenticated `/_sim/truth` and `/_sim/stats`.
+//! "Now" always comes from `AppState::clock`; with `--faults`, a layer on
+//! the API routes injects faults.
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{Path, RawQuery, Request, State};
+use axum::extract::{ConnectInfo, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +15,9 @@ use axum::routing::get;
 use axum::Router;
 use base64::Engine;
 
+use crate::clock::{Clock, ClockError};
+use crate::conn::Conn;
+use crate::faults::{spurious_429, FaultInjector, FaultKind};
 use crate::interval::{resolve_window, BadRequest};
 use crate::json_writer::write_json_string;
 use crate::model::{SiemEndpoint, ThreatMask};
@@ -24,7 +28,7 @@ use crate::source::EventSource;
 use crate::stats::Stats;
 use crate::stream_body::streamed_body;
 use crate::threats::summarize;
-use crate::timestamp::{ceil_ms, floor_ms, format_seconds_z, now_utc, parse_timestamp};
+use crate::timestamp::{ceil_ms, floor_ms, format_seconds_z, parse_timestamp};
 
 pub const INVALID_CREDENTIALS: &str = "The provided credentials are invalid";
 
@@ -40,6 +44,10 @@ pub struct AppState {
     pub stats: Stats,
     /// Seeds the (deterministic) order of events in responses.
     pub seed: u64,
+    /// The simulator's "now" (system clock or `--clock-file`).
+    pub clock: Clock,
+    /// `--faults`, if given.
+    pub faults: Option<FaultInjector>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -56,8 +64,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             ),
         );
     }
+    router = router.route("/v2/threat/summary/{id}", get(threat_summary));
+    if state.faults.is_some() {
+        // Only the API routes above; never /_sim/* or unknown paths.
+        router = router.route_layer(middleware::from_fn_with_state(state.clone(), inject_faults));
+    }
     router
-        .route("/v2/threat/summary/{id}", get(threat_summary))
         .route("/_sim/truth", get(truth))
         .route("/_sim/stats", get(stats))
         .fallback(not_found)
@@ -88,6 +100,50 @@ async fn count_requests(
     response
 }
 
+/// `--faults`: each authenticated API request draws a fault (in arrival
+/// order, so the same request sequence gets the same faults). A spurious
+/// 429 answers before the request is handled, so it spends no budget. Any
+/// other fault lets the request be handled first (it is admitted to its
+/// pool as usual), then replaces or reworks the response; a request the
+/// pool refuses keeps its real 429, and body faults need a 200. Only
+/// faults actually injected are counted in `/_sim/stats`.
+async fn inject_faults(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(faults) = state.faults.as_ref() else {
+        return next.run(request).await;
+    };
+    if authenticate(request.headers(), &state.credentials).is_none() {
+        return next.run(request).await;
+    }
+    let Some(fault) = faults.draw() else {
+        return next.run(request).await;
+    };
+    let uri = request.uri().clone();
+    let conn = request
+        .extensions()
+        .get::<ConnectInfo<Conn>>()
+        .map(|info| info.0.clone());
+    let injected = |kind: FaultKind| {
+        state.stats.fault(kind);
+        tracing::info!(fault = kind.name(), %uri, "injecting fault");
+    };
+    if fault.kind == FaultKind::TooManyRequests {
+        injected(fault.kind);
+        return spurious_429();
+    }
+    let response = next.run(request).await;
+    if response.status() == StatusCode::TOO_MANY_REQUESTS
+        || !fault.kind.applies_to(response.status())
+    {
+        return response;
+    }
+    injected(fault.kind);
+    faults.apply(fault, response, conn).await
+}
+
 fn text_response(status: StatusCode, body: impl Into<String>) -> Response {
     let mut response = (status, body.into()).into_response();
     response.headers_mut().insert(
@@ -95,6 +151,12 @@ fn text_response(status: StatusCode, body: impl Into<String>) -> Response {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     response
+}
+
+/// The clock file is missing or unreadable: 500, never the real clock.
+fn clock_error(error: ClockError) -> Response {
+    tracing::error!(%error, "no current time");
+    text_response(StatusCode::INTERNAL_SERVER_ERROR, error.message)
 }
 
 fn bad_request(error: BadRequest) -> Response {
@@ -140,12 +202,14 @@ async fn siem(
     let Some(principal) = authenticate(&headers, &state.credentials) else {
         return text_response(StatusCode::UNAUTHORIZED, INVALID_CREDENTIALS);
     };
+    // One reading of the clock serves the whole request.
+    let now = match state.clock.now() {
+        Ok(now) => now,
+        Err(error) => return clock_error(error),
+    };
+    let now_ms = floor_ms(now);
     let pool = endpoint.pool();
-    if state
-        .limiter
-        .try_admit(&principal, pool, Instant::now())
-        .is_err()
-    {
+    if state.limiter.try_admit(&principal, pool, now_ms).is_err() {
         state.stats.siem_throttled(pool);
         // The real API documents no Retry-After, so none is sent.
         return text_response(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests");
@@ -156,13 +220,11 @@ async fn siem(
         Ok(query) => query,
         Err(error) => return bad_request(error),
     };
-    let now = now_utc();
     let window = match resolve_window(&query.window, now) {
         Ok(window) => window,
         Err(error) => return bad_request(error),
     };
     let (from_ms, to_ms) = window.filed_range_ms();
-    let now_ms = floor_ms(now);
     let query_end_time = format_seconds_z(window.end);
     let filter = query.threat_filter;
     let order_seed = derive_seed(&[state.seed, from_ms as u64, to_ms as u64, endpoint as u64]);
@@ -242,7 +304,10 @@ async fn truth(State(state): State<Arc<AppState>>, RawQuery(raw_query): RawQuery
             _ => {}
         }
     }
-    let now_ms = floor_ms(now_utc());
+    let now_ms = match state.clock.now_ms() {
+        Ok(now_ms) => now_ms,
+        Err(error) => return clock_error(error),
+    };
     let source = Arc::clone(&state.source);
     let body = streamed_body(move |sink| {
         source.visit_visible(from_ms, to_ms, now_ms, &mut |event| {
@@ -260,10 +325,13 @@ async fn truth(State(state): State<Arc<AppState>>, RawQuery(raw_query): RawQuery
 }
 
 async fn stats(State(state): State<Arc<AppState>>) -> Response {
-    let now = Instant::now();
+    let now_ms = match state.clock.now_ms() {
+        Ok(now_ms) => now_ms,
+        Err(error) => return clock_error(error),
+    };
     let principal = &state.credentials.principal;
     let snapshot = state.stats.snapshot(
-        |pool| state.limiter.in_window(principal, pool, now),
+        |pool| state.limiter.in_window(principal, pool, now_ms),
         state.limiter.limit(),
     );
     match serde_json::to_string(&snapshot) {

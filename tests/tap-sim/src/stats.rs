@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::Serialize;
 
+use crate::faults::FaultKind;
 use crate::model::Pool;
 
 #[derive(Default)]
@@ -17,6 +18,7 @@ pub struct Stats {
     status_401: AtomicU64,
     status_404: AtomicU64,
     status_429: AtomicU64,
+    faults: [AtomicU64; FaultKind::ALL.len()],
 }
 
 #[derive(Serialize)]
@@ -40,6 +42,8 @@ pub struct StatsSnapshot {
     pub responses_401: u64,
     pub responses_404: u64,
     pub responses_429: u64,
+    /// Injected faults (`--faults`) per kind, every kind listed.
+    pub faults: std::collections::BTreeMap<&'static str, u64>,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -65,6 +69,11 @@ impl Stats {
 
     pub fn threat_request(&self) {
         bump(&self.threat);
+    }
+
+    /// Counts a fault injected into a response.
+    pub fn fault(&self, kind: FaultKind) {
+        bump(&self.faults[kind.index()]);
     }
 
     /// Counts a response status (only the error statuses are tracked).
@@ -108,6 +117,10 @@ impl Stats {
             responses_401: read(&self.status_401),
             responses_404: read(&self.status_404),
             responses_429: read(&self.status_429),
+            faults: FaultKind::ALL
+                .into_iter()
+                .map(|kind| (kind.name(), read(&self.faults[kind.index()])))
+                .collect(),
         }
     }
 }

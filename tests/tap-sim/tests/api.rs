@@ -1,149 +1,14 @@
 //! Starts the built `tap-sim` binary and talks HTTP to it.
 
-use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
+mod common;
 
-use reqwest::blocking::{Client, Response};
+use std::collections::HashSet;
+use std::process::Command;
+
 use serde_json::Value;
-use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
-const PRINCIPAL: &str = "sim-principal";
-const SECRET: &str = "sim-secret";
-
-const TOO_SHORT: &str =
-    "The requested interval is too short. Requests must be for at least 30.00s of data";
-const TOO_LONG: &str =
-    "The requested interval is too long. Requests must be for at most 1.00h of data";
-const TOO_FAR: &str = "The requested start time is too far into the past. Requests for information up to 7.00d are accepted";
-const STILL_CURRENT: &str = "The requested interval is still current.";
-
-/// A running simulator; killed on drop.
-struct Sim {
-    child: Child,
-    base: String,
-    client: Client,
-    // Kept open so the simulator never writes to a closed pipe.
-    _stdout: BufReader<ChildStdout>,
-}
-
-impl Sim {
-    fn start(args: &[&str]) -> Sim {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tap-sim"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tap-sim");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut first_line = String::new();
-        stdout.read_line(&mut first_line).unwrap();
-        let base = first_line
-            .trim_end()
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"))
-            .to_string();
-        assert!(base.starts_with("http://127.0.0.1:"), "{base}");
-        assert!(!base.ends_with(":0"), "{base}");
-        Sim {
-            child,
-            base,
-            client: Client::new(),
-            _stdout: stdout,
-        }
-    }
-
-    fn get(&self, path: &str) -> Response {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .basic_auth(PRINCIPAL, Some(SECRET))
-            .send()
-            .unwrap()
-    }
-
-    fn get_without_auth(&self, path: &str) -> Response {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .unwrap()
-    }
-
-    fn json(&self, path: &str) -> Value {
-        let response = self.get(path);
-        assert_eq!(response.status(), 200, "{path}");
-        assert_eq!(
-            response.headers()["content-type"],
-            "application/json",
-            "{path}"
-        );
-        response.json().unwrap()
-    }
-
-    /// Status and body of a request expected to fail.
-    fn error(&self, path: &str) -> (u16, String) {
-        let response = self.get(path);
-        (response.status().as_u16(), response.text().unwrap())
-    }
-
-    fn truth(&self, query: &str) -> Vec<Value> {
-        let text = self
-            .get_without_auth(&format!("/_sim/truth{query}"))
-            .text()
-            .unwrap();
-        text.lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    }
-
-    fn stats(&self) -> Value {
-        self.get_without_auth("/_sim/stats").json().unwrap()
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn parse_time(value: &Value) -> OffsetDateTime {
-    OffsetDateTime::parse(value.as_str().unwrap(), &Rfc3339).unwrap()
-}
-
-fn format_z(at: OffsetDateTime) -> String {
-    let s = at.format(&Rfc3339).unwrap();
-    s.replace("+00:00", "Z")
-}
-
-/// Filed time as a connector would compute it from the event alone.
-fn filed_time(event: &Value) -> OffsetDateTime {
-    let mut times = Vec::new();
-    for key in ["messageTime", "clickTime", "threatTime"] {
-        if event[key].is_string() {
-            times.push(parse_time(&event[key]));
-        }
-    }
-    if let Some(threats) = event["threatsInfoMap"].as_array() {
-        times.extend(threats.iter().map(|t| parse_time(&t["threatTime"])));
-    }
-    times.into_iter().max().unwrap()
-}
-
-/// Order-independent identity of an event.
-fn canonical(event: &Value) -> String {
-    serde_json::to_string(event).unwrap()
-}
-
-const ARRAYS: [&str; 4] = [
-    "messagesDelivered",
-    "messagesBlocked",
-    "clicksPermitted",
-    "clicksBlocked",
-];
+use common::*;
 
 #[test]
 fn auth_windows_filters_errors_and_truth() {
@@ -446,22 +311,6 @@ fn rate_limit_pools_and_429() {
     assert_eq!(stats["pools"]["clicks_permitted"]["throttled"], 1);
     assert_eq!(stats["responses_429"], 3);
     assert_eq!(stats["siem_requests"], 9);
-}
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("tap-sim-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 const CLICK: &str = r#"{"url":"https://www.example.com/?name=john","classification":"phish","clickTime":"2022-03-21T07:52:11.000Z","threatTime":"2022-03-18T14:54:20.000Z","campaignId":"c","id":"8760d0fc","recipient":"123abc@example.com","threatID":"3xx97","threatStatus":"active"}"#;
