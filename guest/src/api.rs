@@ -9,12 +9,24 @@ use time::{
 };
 
 use crate::config::{Config, DEFAULT_HOST_URL};
-use crate::platform::{ConnectorError, Http, HttpFailure, HttpResponse, TransportError};
+use crate::platform::{
+    ConnectorError, Http, HttpFailure, HttpResponse, LogLevel, Platform, TransportError,
+};
 use crate::windows::Window;
 
 /// Proofpoint documents no `Retry-After`; its quota is a rolling 24 hours, so
 /// waiting a quarter hour before trying again is a sensible default.
 pub const DEFAULT_RETRY_AFTER_SECONDS: u32 = 900;
+
+/// The host's shared budget pool for the SIEM endpoints this connector uses
+/// (every SIEM endpoint but `clicks/permitted`, which has its own pool).
+pub const SIEM_POOL: &str = "siem";
+/// Proofpoint's limit for that pool: 1,800 requests per credential in a
+/// rolling 24 hours.
+pub const SIEM_REQUESTS_PER_DAY: u32 = 1800;
+pub const SIEM_BUDGET_WINDOW_SECONDS: u32 = 86_400;
+/// Below this many requests left, the operator is warned.
+const LOW_BUDGET: u32 = 100;
 
 /// How much of an error body to quote to the operator.
 const QUOTE_LIMIT: usize = 500;
@@ -141,6 +153,40 @@ impl<'h, H: Http> TapClient<'h, H> {
             self.now,
             &self.host_url,
         )
+    }
+}
+
+/// Take one SIEM request from the budget shared with every connector that
+/// uses the same credential; call before each SIEM request. When the pool is
+/// empty the run stops as rate limited, before the API has to say so.
+pub fn take_siem_request<P: Platform>(
+    platform: &mut P,
+    now: OffsetDateTime,
+) -> Result<(), ConnectorError> {
+    match platform.budget_take(SIEM_POOL, SIEM_REQUESTS_PER_DAY, SIEM_BUDGET_WINDOW_SECONDS) {
+        Ok(remaining) => {
+            if remaining < LOW_BUDGET && remaining % 25 == 0 {
+                platform.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "only {remaining} of the {SIEM_REQUESTS_PER_DAY} SIEM requests a day allowed for this credential are left"
+                    ),
+                );
+            }
+            Ok(())
+        }
+        Err(retry_at) => {
+            let wait = i64::try_from(retry_at).unwrap_or(i64::MAX) - now.unix_timestamp();
+            platform.log(
+                LogLevel::Warn,
+                &format!(
+                    "the {SIEM_REQUESTS_PER_DAY} SIEM requests a day allowed for this credential are used up (shared by every connector using it); next request in {wait} s"
+                ),
+            );
+            Err(ConnectorError::RateLimited(
+                wait.clamp(1, i64::from(u32::MAX)) as u32,
+            ))
+        }
     }
 }
 

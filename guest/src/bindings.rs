@@ -1,7 +1,7 @@
 //! The WIT glue (wasm32 only): implements `platform::Http` over
 //! `wasi:http/outgoing-handler` and `platform::Platform` over the wall clock
-//! and the `dphost:connector` imports, and exports `connector` by calling
-//! the plain-Rust entry points in `lib.rs`.
+//! and the `dphost:connector` imports (state, sink, log, budget), and exports
+//! `connector` by calling the plain-Rust entry points in `lib.rs`.
 
 wit_bindgen::generate!({
     path: "../wit",
@@ -12,7 +12,7 @@ wit_bindgen::generate!({
 use time::OffsetDateTime;
 
 use dphost::connector::types as wit;
-use dphost::connector::{log, sink, state};
+use dphost::connector::{budget, log, sink, state};
 use exports::dphost::connector::connector::Guest;
 use wasi::http::outgoing_handler;
 use wasi::http::types::{
@@ -46,7 +46,7 @@ impl Guest for Component {
     fn test_connection(config: String) -> Result<String, wit::ConnectorError> {
         let config = crate::parse_config(&config).map_err(to_wit_error)?;
         let mut http = WasiHttp::new(&config);
-        crate::test_connection(&config, &mut http, &HostPlatform).map_err(to_wit_error)
+        crate::test_connection(&config, &mut http, &mut HostPlatform).map_err(to_wit_error)
     }
 
     fn collect(config: String) -> Result<String, wit::ConnectorError> {
@@ -131,6 +131,14 @@ impl Platform for HostPlatform {
             LogLevel::Error => log::Level::Error,
         };
         log::log(level, message);
+    }
+
+    fn progress(&self, done: u32, total: u32, items: u64) {
+        log::progress(done, total, items);
+    }
+
+    fn budget_take(&mut self, pool: &str, limit: u32, window_seconds: u32) -> Result<u32, u64> {
+        budget::take(pool, limit, window_seconds)
     }
 }
 

@@ -147,6 +147,7 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
 
         while let Some(mut window) = queue.pop_front() {
             let body = loop {
+                crate::api::take_siem_request(&mut *self.platform, self.now)?;
                 let error = match self.api.siem_all(&window) {
                     Ok(body) => break body,
                     Err(e) => e,
@@ -268,6 +269,13 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
                 }
             };
             self.process_window(window, body.as_deref())?;
+            let done = self.summary.windows;
+            let total = done + queue.len() as u64;
+            self.platform.progress(
+                u32::try_from(done).unwrap_or(u32::MAX),
+                u32::try_from(total).unwrap_or(u32::MAX),
+                self.summary.events,
+            );
         }
         Ok(())
     }

@@ -7,6 +7,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::api::SIEM_REQUESTS_PER_DAY;
+
 pub const DEFAULT_HOST_URL: &str = "https://tap-api-v2.proofpoint.com";
 
 /// Keys the host owns or passes through. Accepted as they are.
@@ -29,6 +31,7 @@ pub const HOST_KEYS: &[&str] = &[
     "deadline_s",
     "secret",
     "secret_env",
+    "secret_file",
     "principal_env",
     "credentials",
 ];
@@ -41,10 +44,6 @@ pub const CONNECTOR_KEYS: &[&str] = &[
     "safety_margin_seconds",
     "max_window_minutes",
 ];
-
-/// Proofpoint's rolling 24-hour quota for the SIEM endpoints other than
-/// `clicks/permitted`, per credential.
-pub const SIEM_REQUESTS_PER_DAY: u64 = 1800;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
@@ -270,7 +269,7 @@ impl Validator<'_> {
         let span = interval + f64::from(lookback_minutes);
         let per_run = (span / f64::from(max_window_minutes)).ceil().max(1.0);
         let per_day = (1440.0 / interval).ceil() * per_run;
-        if per_day > SIEM_REQUESTS_PER_DAY as f64 {
+        if per_day > f64::from(SIEM_REQUESTS_PER_DAY) {
             self.problem(format!(
                 "connector `{}` would send about {per_day:.0} SIEM requests a day (every {interval} min, \
                  {per_run:.0} window(s) per run for `lookback_minutes` = {lookback_minutes} and \

@@ -67,9 +67,11 @@ pub fn parse_config(config_json: &str) -> Result<Config, ConnectorError> {
 pub fn test_connection<H: Http, P: Platform>(
     config: &Config,
     http: &mut H,
-    platform: &P,
+    platform: &mut P,
 ) -> Result<String, ConnectorError> {
-    let mut api = api::TapClient::new(config, http, platform.now());
+    let now = platform.now();
+    api::take_siem_request(platform, now)?;
+    let mut api = api::TapClient::new(config, http, now);
     api.check_connection()?;
     Ok(format!(
         "connected to {} as the configured service principal: SIEM API reachable",

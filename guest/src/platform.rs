@@ -147,7 +147,8 @@ pub trait Http {
     fn get(&mut self, path_and_query: &str) -> Result<HttpResponse, TransportError>;
 }
 
-/// Clock, durable state, the data-lake sink and the operator log.
+/// Clock, durable state, the data-lake sink, request budgets, the operator
+/// log and progress.
 pub trait Platform {
     /// The wall clock, UTC.
     fn now(&self) -> OffsetDateTime;
@@ -158,4 +159,9 @@ pub trait Platform {
     /// For each id, whether a record with it is already stored in `index`.
     fn contains(&self, index: Index, ids: &[String]) -> Vec<bool>;
     fn log(&self, level: LogLevel, message: &str);
+    /// `done` of `total` windows finished, `items` events collected this run.
+    fn progress(&self, done: u32, total: u32, items: u64);
+    /// Take one request from a rate-limit pool shared by every connector
+    /// using the same credential. Ok: requests left. Err: UNIX time to retry.
+    fn budget_take(&mut self, pool: &str, limit: u32, window_seconds: u32) -> Result<u32, u64>;
 }

@@ -61,6 +61,13 @@ pub struct FakePlatform {
     pub fail_commit: Option<usize>,
     pub commit_attempts: usize,
     pub logs: RefCell<Vec<(LogLevel, String)>>,
+    pub progress: RefCell<Vec<(u32, u32, u64)>>,
+    /// Requests taken per budget pool, and the limit the fake enforces
+    /// (instead of the one asked for) when set.
+    pub budget_taken: BTreeMap<String, u32>,
+    pub budget_limit: Option<u32>,
+    /// UNIX time the fake reports for retrying when the budget is empty.
+    pub budget_retry_at: u64,
 }
 
 impl FakePlatform {
@@ -73,6 +80,10 @@ impl FakePlatform {
             fail_commit: None,
             commit_attempts: 0,
             logs: RefCell::new(Vec::new()),
+            progress: RefCell::new(Vec::new()),
+            budget_taken: BTreeMap::new(),
+            budget_limit: None,
+            budget_retry_at: 0,
         }
     }
 
@@ -162,6 +173,21 @@ impl Platform for FakePlatform {
 
     fn log(&self, level: LogLevel, message: &str) {
         self.logs.borrow_mut().push((level, message.to_string()));
+    }
+
+    fn progress(&self, done: u32, total: u32, items: u64) {
+        self.progress.borrow_mut().push((done, total, items));
+    }
+
+    fn budget_take(&mut self, pool: &str, limit: u32, window_seconds: u32) -> Result<u32, u64> {
+        assert_eq!(window_seconds, 86_400);
+        let limit = self.budget_limit.unwrap_or(limit);
+        let taken = self.budget_taken.entry(pool.to_string()).or_default();
+        if *taken >= limit {
+            return Err(self.budget_retry_at);
+        }
+        *taken += 1;
+        Ok(limit - *taken)
     }
 }
 

@@ -666,9 +666,9 @@ fn fixture_events_collect_end_to_end() {
 #[test]
 fn test_connection_is_one_cheap_request() {
     let cfg = config(serde_json::json!({}));
-    let platform = FakePlatform::new(NOW);
+    let mut platform = FakePlatform::new(NOW);
     let mut tap = FakeTap::new(NOW);
-    let message = crate::test_connection(&cfg, &mut tap, &platform).unwrap();
+    let message = crate::test_connection(&cfg, &mut tap, &mut platform).unwrap();
     assert_eq!(
         message,
         "connected to http://127.0.0.1:4567 as the configured service principal: SIEM API reachable"
@@ -680,7 +680,7 @@ fn test_connection_is_one_cheap_request() {
 
     tap.scripted
         .push_back(("/v2/siem/clicks/blocked".into(), Ok(response(401, ""))));
-    let err = crate::test_connection(&cfg, &mut tap, &platform).unwrap_err();
+    let err = crate::test_connection(&cfg, &mut tap, &mut platform).unwrap_err();
     assert!(matches!(
         err,
         ConnectorError::Http(HttpFailure { status: 401, .. })
@@ -691,13 +691,13 @@ fn test_connection_is_one_cheap_request() {
 fn host_url_path_prefix_is_kept() {
     let cfg = config(serde_json::json!({"host_url": "http://127.0.0.1:4567/tap/"}));
     assert_eq!(cfg.host_url, "http://127.0.0.1:4567/tap");
-    let platform = FakePlatform::new(NOW);
+    let mut platform = FakePlatform::new(NOW);
     let mut tap = FakeTap::new(NOW);
     tap.scripted.push_back((
         "/tap/v2/siem/clicks/blocked".into(),
         Ok(response(200, "{}")),
     ));
-    crate::test_connection(&cfg, &mut tap, &platform).unwrap();
+    crate::test_connection(&cfg, &mut tap, &mut platform).unwrap();
     assert_eq!(
         tap.requests,
         vec!["/tap/v2/siem/clicks/blocked?format=json&sinceSeconds=60"]
@@ -715,4 +715,60 @@ fn describe_names_the_connector_and_its_schema() {
     for key in crate::config::CONNECTOR_KEYS {
         assert!(d["config"]["properties"].get(key).is_some(), "{key}");
     }
+}
+
+#[test]
+fn every_siem_request_takes_from_the_shared_budget_threat_lookups_do_not() {
+    let cfg = config(serde_json::json!({}));
+    let mut tap = busy_api(3);
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::hours(2));
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    let siem_requests = tap.siem_paths().len() as u32;
+    assert!(summary["threats"].as_u64().unwrap() > 0);
+    assert!(tap.requests.len() as u32 > siem_requests);
+    assert_eq!(platform.budget_taken.get("siem"), Some(&siem_requests));
+    assert_eq!(platform.budget_taken.len(), 1);
+}
+
+#[test]
+fn an_empty_budget_stops_the_run_as_rate_limited_before_sending() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut tap = busy_api(4);
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::hours(3));
+    platform.budget_limit = Some(2);
+    platform.budget_retry_at = (NOW + Duration::minutes(40)).unix_timestamp() as u64;
+    let err = run(&cfg, &mut tap, &mut platform).unwrap_err();
+    // 40 min from NOW, counted from NOW's whole second.
+    assert_eq!(err, ConnectorError::RateLimited(2400));
+    assert_eq!(
+        tap.siem_paths().len(),
+        2,
+        "no request once the budget is empty"
+    );
+    assert_eq!(platform.commits.len(), 2, "progress so far stays committed");
+    assert!(platform.logged(LogLevel::Warn, "used up"));
+
+    // test-connection checks the budget too.
+    let mut tap = FakeTap::new(NOW);
+    let err = crate::test_connection(&cfg, &mut tap, &mut platform).unwrap_err();
+    assert!(matches!(err, ConnectorError::RateLimited(_)));
+    assert!(tap.requests.is_empty());
+}
+
+#[test]
+fn progress_is_reported_per_window() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut tap = busy_api(4);
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::hours(3));
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    let progress = platform.progress.borrow().clone();
+    assert_eq!(progress.len(), 4);
+    assert_eq!(
+        progress.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>(),
+        vec![(1, 4), (2, 4), (3, 4), (4, 4)]
+    );
+    assert_eq!(progress[3].2, summary["events"].as_u64().unwrap());
 }

@@ -2,7 +2,7 @@
 //!
 //! Each threat is stored once, as Syslog record `threat:<id>`. Ids already
 //! stored are skipped (`sink.contains`). Lookups that fail, or that exceed the
-//! per-run cap, go to a small backlog kept in state and committed with the
+//! per-run cap, stay in a small backlog kept in state and committed with each
 //! window, so they are retried next run even if no later event names them.
 
 use std::collections::BTreeSet;
@@ -25,19 +25,22 @@ const MAX_CONSECUTIVE_FAILURES: u32 = 3;
 const CONTAINS_BATCH: usize = 500;
 
 pub struct ThreatTracker {
-    /// Ids still to look up, oldest first.
-    backlog: Vec<String>,
+    /// Ids without a stored summary yet, oldest first: the backlog.
+    pending: Vec<String>,
     /// The backlog as committed, to write state only when it changed.
-    committed_backlog: Vec<String>,
-    /// Ids handled this run (stored, looked up, or deferred).
+    committed: Vec<String>,
+    /// Ids met this run (from the backlog or an event).
     seen: BTreeSet<String>,
+    /// Ids looked up this run; one failed attempt per run is enough.
+    attempted: BTreeSet<String>,
     lookups_left: u32,
     failures_in_a_row: u32,
+    cap_logged: bool,
 }
 
 impl ThreatTracker {
     pub fn load<P: Platform>(platform: &P) -> Self {
-        let backlog = match platform.state_get(BACKLOG_KEY) {
+        let pending = match platform.state_get(BACKLOG_KEY) {
             None => Vec::new(),
             Some(bytes) => serde_json::from_slice::<Vec<String>>(&bytes).unwrap_or_else(|e| {
                 platform.log(
@@ -48,16 +51,19 @@ impl ThreatTracker {
             }),
         };
         ThreatTracker {
-            committed_backlog: backlog.clone(),
-            backlog,
-            seen: BTreeSet::new(),
+            seen: pending.iter().cloned().collect(),
+            committed: pending.clone(),
+            pending,
+            attempted: BTreeSet::new(),
             lookups_left: MAX_LOOKUPS_PER_RUN,
             failures_in_a_row: 0,
+            cap_logged: false,
         }
     }
 
-    /// Look up the backlog and the given (window's) threat ids that are not
-    /// stored yet. Returns the records to commit with the window.
+    /// Add a window's threat ids to the backlog and look up what is not
+    /// stored yet, within this run's cap. Returns the records to commit with
+    /// the window (together with `state_change`).
     pub fn lookup<H: Http, P: Platform>(
         &mut self,
         window_ids: impl IntoIterator<Item = String>,
@@ -66,116 +72,215 @@ impl ThreatTracker {
         origin: Origin<'_>,
         now_ms: i64,
     ) -> Vec<Record> {
-        let mut candidates = Vec::new();
-        for id in std::mem::take(&mut self.backlog)
-            .into_iter()
-            .chain(window_ids)
-        {
+        for id in window_ids {
             if self.seen.insert(id.clone()) {
-                candidates.push(id);
+                self.pending.push(id);
             }
         }
-        let unstored = self.unstored(candidates, platform);
+        let fresh: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|id| !self.attempted.contains(*id))
+            .cloned()
+            .collect();
+        let (stored, unstored) = partition_stored(fresh, platform);
+        let mut done: BTreeSet<String> = stored.into_iter().collect();
 
         let mut records = Vec::new();
-        let mut deferred = Vec::new();
         for id in unstored {
-            if self.lookups_left == 0 || self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES {
-                deferred.push(id);
-                continue;
+            if self.failures_in_a_row >= MAX_CONSECUTIVE_FAILURES {
+                break;
+            }
+            if self.lookups_left == 0 {
+                if !self.cap_logged {
+                    self.cap_logged = true;
+                    platform.log(
+                        LogLevel::Info,
+                        &format!("looked up {MAX_LOOKUPS_PER_RUN} threat summaries, the most per run; the rest wait in the backlog for the next run"),
+                    );
+                }
+                break;
             }
             self.lookups_left -= 1;
-            match api.threat_summary(&id) {
+            self.attempted.insert(id.clone());
+            let summary = match api.threat_summary(&id) {
                 Ok(ThreatLookup::Found(body)) => {
                     match serde_json::from_slice::<Box<RawValue>>(&body) {
-                        Ok(summary) => {
-                            self.failures_in_a_row = 0;
-                            records.push(record::threat_record(
-                                origin,
-                                &id,
-                                Some(&summary),
-                                now_ms,
-                            ));
-                        }
-                        Err(e) => {
-                            self.failures_in_a_row += 1;
-                            platform.log(
-                            LogLevel::Warn,
-                            &format!("the Threat API's summary of threat {id} is not JSON ({e}); retrying next run"),
-                        );
-                            deferred.push(id);
-                        }
+                        Ok(summary) => Ok(Some(summary)),
+                        Err(e) => Err(format!("the summary is not JSON ({e})")),
                     }
                 }
-                Ok(ThreatLookup::NotFound) => {
+                Ok(ThreatLookup::NotFound) => Ok(None),
+                Err(e) => Err(e.to_string()),
+            };
+            match summary {
+                Ok(summary) => {
                     self.failures_in_a_row = 0;
-                    records.push(record::threat_record(origin, &id, None, now_ms));
+                    records.push(record::threat_record(
+                        origin,
+                        &id,
+                        summary.as_deref(),
+                        now_ms,
+                    ));
+                    done.insert(id);
                 }
-                Err(e) => {
+                Err(why) => {
                     self.failures_in_a_row += 1;
                     platform.log(
                         LogLevel::Warn,
-                        &format!("could not get the Threat API summary of threat {id} ({e}); retrying next run"),
+                        &format!("could not get the Threat API summary of threat {id}: {why}; retrying next run"),
                     );
-                    deferred.push(id);
+                    if self.failures_in_a_row == MAX_CONSECUTIVE_FAILURES {
+                        platform.log(
+                            LogLevel::Warn,
+                            &format!("{MAX_CONSECUTIVE_FAILURES} Threat API failures in a row: no more lookups this run"),
+                        );
+                    }
                 }
             }
         }
-        if !deferred.is_empty() {
-            platform.log(
-                LogLevel::Info,
-                &format!(
-                    "{} threat summaries deferred to the next run (failures or the cap of {MAX_LOOKUPS_PER_RUN} lookups per run)",
-                    deferred.len()
-                ),
-            );
-        }
-        self.backlog = deferred;
-        if self.backlog.len() > MAX_BACKLOG {
-            let dropped = self.backlog.len() - MAX_BACKLOG;
-            self.backlog.drain(..dropped);
+
+        self.pending.retain(|id| !done.contains(id));
+        if self.pending.len() > MAX_BACKLOG {
+            let dropped = self.pending.len() - MAX_BACKLOG;
+            self.pending.drain(..dropped);
             platform.log(
                 LogLevel::Warn,
-                &format!(
-                    "the threat backlog is full: {dropped} threat ids dropped without a summary"
-                ),
+                &format!("the threat backlog is full: the {dropped} oldest threat ids are dropped without a summary"),
             );
         }
         records
     }
 
-    /// Keep the ids whose record is not stored yet.
-    fn unstored<P: Platform>(&self, ids: Vec<String>, platform: &P) -> Vec<String> {
-        let mut unstored = Vec::new();
-        for chunk in ids.chunks(CONTAINS_BATCH) {
-            let record_ids: Vec<String> = chunk
-                .iter()
-                .map(|id| record::threat_record_id(id))
-                .collect();
-            let stored = platform.contains(Index::Syslog, &record_ids);
-            for (i, id) in chunk.iter().enumerate() {
-                // A short answer from the host counts as "not stored": the
-                // insert-mode commit drops a duplicate anyway.
-                if !stored.get(i).copied().unwrap_or(false) {
-                    unstored.push(id.clone());
-                }
-            }
-        }
-        unstored
-    }
-
     /// The state change for the backlog, if it differs from what is committed.
     pub fn state_change(&self) -> Option<(String, Option<Vec<u8>>)> {
-        if self.backlog == self.committed_backlog {
+        if self.pending == self.committed {
             return None;
         }
-        let value = (!self.backlog.is_empty())
-            .then(|| serde_json::to_vec(&self.backlog).expect("a list of strings serializes"));
+        let value = (!self.pending.is_empty())
+            .then(|| serde_json::to_vec(&self.pending).expect("a list of strings serializes"));
         Some((BACKLOG_KEY.to_string(), value))
     }
 
     /// Call after the state change was committed.
     pub fn committed(&mut self) {
-        self.committed_backlog = self.backlog.clone();
+        self.committed = self.pending.clone();
+    }
+}
+
+/// Split ids into (already stored, not stored yet).
+fn partition_stored<P: Platform>(ids: Vec<String>, platform: &P) -> (Vec<String>, Vec<String>) {
+    let (mut stored, mut unstored) = (Vec::new(), Vec::new());
+    for chunk in ids.chunks(CONTAINS_BATCH) {
+        let record_ids: Vec<String> = chunk
+            .iter()
+            .map(|id| record::threat_record_id(id))
+            .collect();
+        let known = platform.contains(Index::Syslog, &record_ids);
+        for (i, id) in chunk.iter().enumerate() {
+            // A short answer from the host counts as "not stored": the
+            // insert-mode commit drops a duplicate anyway.
+            if known.get(i).copied().unwrap_or(false) {
+                stored.push(id.clone());
+            } else {
+                unstored.push(id.clone());
+            }
+        }
+    }
+    (stored, unstored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::{config, FakePlatform, FakeTap};
+    use time::macros::datetime;
+
+    fn ids(range: std::ops::Range<usize>) -> Vec<String> {
+        range.map(|n| format!("t{n}")).collect()
+    }
+
+    fn backlog(tracker: &ThreatTracker) -> Vec<String> {
+        match tracker.state_change() {
+            Some((_, Some(v))) => serde_json::from_slice(&v).unwrap(),
+            Some((_, None)) => Vec::new(),
+            None => tracker.committed.clone(),
+        }
+    }
+
+    #[test]
+    fn ids_over_the_cap_stay_in_the_backlog_across_windows() {
+        let now = datetime!(2024-10-11 14:00:00 UTC);
+        let cfg = config(serde_json::json!({}));
+        let mut tap = FakeTap::new(now);
+        for n in 0..10 {
+            tap.threats.insert(format!("t{n}"), "{}".into());
+        }
+        let platform = FakePlatform::new(now);
+        let mut api = TapClient::new(&cfg, &mut tap, now);
+        let mut tracker = ThreatTracker::load(&platform);
+        tracker.lookups_left = 3;
+        let origin = crate::record::Origin::from(&cfg);
+
+        let first = tracker.lookup(ids(0..5), &mut api, &platform, origin, 0);
+        assert_eq!(first.len(), 3);
+        assert_eq!(backlog(&tracker), ids(3..5));
+        tracker.committed();
+
+        // A later window of the same run: the earlier deferrals are kept.
+        let second = tracker.lookup(ids(4..8), &mut api, &platform, origin, 0);
+        assert!(second.is_empty());
+        assert_eq!(backlog(&tracker), ids(3..8));
+        assert_eq!(api.requests, 3);
+        assert!(platform.logged(LogLevel::Info, "the most per run"));
+    }
+
+    #[test]
+    fn backlog_from_state_is_looked_up_first_and_cleared() {
+        let now = datetime!(2024-10-11 14:00:00 UTC);
+        let cfg = config(serde_json::json!({}));
+        let mut tap = FakeTap::new(now);
+        tap.threats.insert("old".into(), "{\"id\":\"old\"}".into());
+        tap.threats.insert("new".into(), "{\"id\":\"new\"}".into());
+        let mut platform = FakePlatform::new(now);
+        platform
+            .state
+            .insert(BACKLOG_KEY.into(), b"[\"old\"]".to_vec());
+        let mut api = TapClient::new(&cfg, &mut tap, now);
+        let mut tracker = ThreatTracker::load(&platform);
+        let origin = crate::record::Origin::from(&cfg);
+        let records = tracker.lookup(vec!["new".to_string()], &mut api, &platform, origin, 0);
+        let record_ids: Vec<_> = records.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(record_ids, vec!["threat:old", "threat:new"]);
+        assert_eq!(
+            tracker.state_change(),
+            Some((BACKLOG_KEY.to_string(), None))
+        );
+    }
+
+    #[test]
+    fn a_failed_id_is_tried_once_per_run() {
+        let now = datetime!(2024-10-11 14:00:00 UTC);
+        let cfg = config(serde_json::json!({}));
+        let mut tap = FakeTap::new(now);
+        tap.threat_status.insert("bad".into(), 500);
+        tap.threats.insert("good".into(), "{}".into());
+        let platform = FakePlatform::new(now);
+        let mut api = TapClient::new(&cfg, &mut tap, now);
+        let mut tracker = ThreatTracker::load(&platform);
+        let origin = crate::record::Origin::from(&cfg);
+        assert!(tracker
+            .lookup(vec!["bad".to_string()], &mut api, &platform, origin, 0)
+            .is_empty());
+        let again = tracker.lookup(
+            vec!["bad".to_string(), "good".to_string()],
+            &mut api,
+            &platform,
+            origin,
+            0,
+        );
+        assert_eq!(again.len(), 1);
+        assert_eq!(api.requests, 2);
+        assert_eq!(backlog(&tracker), vec!["bad".to_string()]);
     }
 }
