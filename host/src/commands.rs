@@ -104,8 +104,12 @@ fn describe_collect(r: &CallReport) -> String {
     match &r.result {
         Ok(summary) => {
             let mut line = format!(
-                "{head}: ok in {:.1?} — {} new record(s), {} already stored, {} request(s)",
-                r.elapsed, r.sink.written, r.sink.duplicates, r.requests
+                "{head}: ok in {:.1?} — {} new record(s), {} already stored, {} request(s), peak memory {:.1} MiB",
+                r.elapsed,
+                r.sink.written,
+                r.sink.duplicates,
+                r.requests,
+                r.peak_memory as f64 / (1 << 20) as f64
             );
             if let Ok(s) = serde_json::from_str::<serde_json::Value>(summary) {
                 if let Some(by_type) = s.get("by_type").and_then(|v| v.as_object()) {

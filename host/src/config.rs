@@ -478,6 +478,17 @@ impl ConnectorConfig {
         component_config.insert("component".into(), component.clone().into());
         component_config.insert("host_url".into(), host_url.clone().into());
         component_config.insert("interval_min".into(), interval_min.into());
+        // The component sizes its commits and reads to fit what the host allows.
+        component_config.insert(
+            "limits".into(),
+            serde_json::json!({
+                "memory_mib": limits.memory_mib,
+                "max_batch_records": limits.max_batch_records,
+                "max_batch_mib": limits.max_batch_mib,
+                "cpu_seconds": limits.cpu_seconds,
+                "run_timeout_secs": limits.run_timeout_secs,
+            }),
+        );
 
         Ok(ConnectorConfig {
             name,
