@@ -128,6 +128,9 @@ fn describe_collect(r: &CallReport) -> String {
                     }
                 }
             }
+            if r.sink.filtered > 0 {
+                line.push_str(&format!("\n  dropped by log filters: {}", r.sink.filtered));
+            }
             if let Some(w) = &r.last_warning {
                 line.push_str(&format!("\n  last warning: {w}"));
             }

@@ -176,8 +176,24 @@ pub struct ConnectorConfig {
     pub principal: Option<String>,
     pub secret: Option<SecretSource>,
     pub limits: Limits,
+    /// Log filters: Syslog records matching any of them are not stored.
+    pub filters: Vec<LogFilter>,
     /// The configuration handed to the component as JSON (no secrets).
     pub component_config: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `[[connector.filter]]`: drop the records that match a query.
+#[derive(Debug, Clone)]
+pub struct LogFilter {
+    pub name: String,
+    pub drop: crate::search::Query,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFilter {
+    name: Option<String>,
+    drop: String,
 }
 
 /// The one origin a connector's sandbox may send HTTP requests to.
@@ -228,6 +244,7 @@ const HOST_KEYS: &[&str] = &[
     "secret_env",
     "secret_file",
     "limits",
+    "filter",
 ];
 
 /// Keys that must never reach a component.
@@ -280,7 +297,7 @@ impl Config {
         let mut connectors = Vec::new();
         let mut names = BTreeSet::new();
         for (i, table) in raw.connector.into_iter().enumerate() {
-            match ConnectorConfig::from_table(table, &base) {
+            match ConnectorConfig::from_table(table, &base, text) {
                 Ok(c) => {
                     if !names.insert(c.name.clone()) {
                         problems.push(format!(
@@ -340,7 +357,11 @@ fn anchor(base: &Path, p: &Path) -> PathBuf {
 }
 
 impl ConnectorConfig {
-    fn from_table(table: toml::Table, base: &Path) -> std::result::Result<Self, Vec<String>> {
+    fn from_table(
+        table: toml::Table,
+        base: &Path,
+        text: &str,
+    ) -> std::result::Result<Self, Vec<String>> {
         let mut problems = Vec::new();
         let label = table
             .get("name")
@@ -454,6 +475,8 @@ impl ConnectorConfig {
             ));
         }
 
+        let filters = parse_filters(table.get("filter"), &label, text, &mut problems);
+
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -500,6 +523,7 @@ impl ConnectorConfig {
             principal,
             secret,
             limits,
+            filters,
             component_config,
         })
     }
@@ -553,6 +577,51 @@ impl ConnectorConfig {
             secret,
         }))
     }
+}
+
+/// `[[connector.filter]]` tables. A query that does not parse is reported
+/// with its line in the file and the parser's reason.
+fn parse_filters(
+    value: Option<&toml::Value>,
+    label: &str,
+    text: &str,
+    problems: &mut Vec<String>,
+) -> Vec<LogFilter> {
+    let Some(value) = value else {
+        return Vec::new();
+    };
+    let Some(items) = value.as_array() else {
+        problems.push(format!(
+            "{label}: `filter` must be a list of [[connector.filter]] tables"
+        ));
+        return Vec::new();
+    };
+    let mut filters = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let raw: RawFilter = match item.clone().try_into() {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(format!("{label}: filter #{}: {}", i + 1, e.message()));
+                continue;
+            }
+        };
+        let name = raw.name.unwrap_or_else(|| format!("filter #{}", i + 1));
+        match crate::search::Query::parse(&raw.drop) {
+            Ok(drop) => filters.push(LogFilter { name, drop }),
+            Err(e) => {
+                let line = text
+                    .lines()
+                    .position(|l| l.contains(raw.drop.as_str()))
+                    .map(|n| format!(" (line {})", n + 1))
+                    .unwrap_or_default();
+                problems.push(format!(
+                    "{label}: {name}{line}: drop = '{}' does not parse: {e}",
+                    raw.drop
+                ));
+            }
+        }
+    }
+    filters
 }
 
 /// Names end up in keys, file names and log lines: keep them plain ASCII.
@@ -743,6 +812,30 @@ mod tests {
         let text = format!("{GOOD}\n{}", &GOOD[GOOD.find("[[connector]]").unwrap()..]);
         let err = format!("{:#}", parse(&text).unwrap_err());
         assert!(err.contains("defined twice"), "{err}");
+    }
+
+    #[test]
+    fn filters_parse_and_bad_ones_name_their_line() {
+        let text = format!(
+            "{GOOD}\n[[connector.filter]]\nname = \"fp\"\ndrop = 'threat.status:falsepositive OR event_type:clickBlocked'\n"
+        );
+        let cfg = parse(&text).unwrap();
+        let c = &cfg.connectors[0];
+        assert_eq!(c.filters.len(), 1);
+        assert_eq!(c.filters[0].name, "fp");
+        assert!(
+            !c.component_config_json().contains("falsepositive"),
+            "filters are the host's"
+        );
+        let bad = format!("{GOOD}\n[[connector.filter]]\ndrop = '(event_type:x'\n");
+        let err = format!("{:#}", parse(&bad).unwrap_err());
+        let line = bad
+            .lines()
+            .position(|l| l.contains("(event_type:x"))
+            .unwrap()
+            + 1;
+        assert!(err.contains(&format!("filter #1 (line {line})")), "{err}");
+        assert!(err.contains("not closed"), "{err}");
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! host, never from the component.
 
 use crate::bindings::dphost::connector::{sink, types};
-use crate::config::Limits;
+use crate::config::{Limits, LogFilter};
 use crate::runtime::RunState;
 use crate::store::{self, Index, WriteMode};
 use wasmtime::component::{HasSelf, Linker};
@@ -30,6 +30,7 @@ pub struct SinkStats {
     pub written: u64,
     pub duplicates: u64,
     pub actions_queued: u64,
+    pub filtered: u64,
     pub rejected: u32,
 }
 
@@ -38,8 +39,16 @@ impl sink::Host for RunState {
         &mut self,
         batch: types::Batch,
     ) -> wasmtime::Result<Result<types::CommitOutcome, String>> {
+        let filtered_before = self.sink.filtered;
         let batch = match check_batch(batch, &self.scope.limits) {
-            Ok(b) => b,
+            Ok(mut b) => {
+                let before = b.records.len();
+                let filters = &self.scope.filters;
+                b.records
+                    .retain(|r| r.index != Index::Syslog || !dropped_by(filters, &r.body));
+                self.sink.filtered += (before - b.records.len()) as u64;
+                b
+            }
             Err(why) => {
                 self.sink.rejected += 1;
                 tracing::warn!(connector = %self.scope.connector, "batch rejected: {why}");
@@ -58,6 +67,7 @@ impl sink::Host for RunState {
         })
         .await
         .map_err(|e| wasmtime::Error::msg(format!("commit task failed: {e}")))?;
+        let filtered = (self.sink.filtered - filtered_before) as u32;
         match result {
             Ok(o) => {
                 self.sink.commits += 1;
@@ -68,6 +78,7 @@ impl sink::Host for RunState {
                     written: o.written,
                     duplicates: o.duplicates,
                     actions_queued: o.actions_queued,
+                    filtered,
                 }))
             }
             // A storage failure is not the component's fault, but the
@@ -89,6 +100,30 @@ impl sink::Host for RunState {
             .map_err(|e| {
                 wasmtime::Error::from_anyhow(e.context("the host could not look up records"))
             })
+    }
+
+    fn dropped_by_filters(&mut self, bodies: Vec<String>) -> wasmtime::Result<Vec<bool>> {
+        if bodies.len() > MAX_CONTAINS_IDS {
+            return Err(wasmtime::Error::msg(format!(
+                "sink.dropped-by-filters got {} bodies; at most {MAX_CONTAINS_IDS} per call",
+                bodies.len()
+            )));
+        }
+        Ok(bodies
+            .iter()
+            .map(|b| dropped_by(&self.scope.filters, b))
+            .collect())
+    }
+}
+
+/// Whether any of the connector's log filters drops this record body.
+fn dropped_by(filters: &[LogFilter], body: &str) -> bool {
+    if filters.is_empty() {
+        return false;
+    }
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(v) => filters.iter().any(|f| f.drop.matches(&v)),
+        Err(_) => false,
     }
 }
 

@@ -39,6 +39,7 @@ pub struct RunScope {
     /// Identifies the API credential (origin + principal) without revealing
     /// it: the key of the request budgets this connector shares.
     pub credential_key: String,
+    pub filters: Vec<crate::config::LogFilter>,
 }
 
 /// Progress of a collection as the component reports it.
@@ -419,6 +420,7 @@ impl Runtime {
                 limits: limits.clone(),
                 clock: self.clock.clone(),
                 credential_key: connector.credential_key(),
+                filters: connector.filters.clone(),
             }),
             table: ResourceTable::new(),
             wasi,

@@ -243,3 +243,67 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// Asserts two event lists hold the same events the same number of times,
+/// printing a short difference (not the whole lists) when they do not.
+pub fn assert_same_events(got: &[(String, Value)], want: &[(String, Value)], what: &str) {
+    let got_set = multiset(got.iter().map(|(t, e)| (t.as_str(), e)));
+    let want_set = multiset(want.iter().map(|(t, e)| (t.as_str(), e)));
+    if got_set == want_set {
+        return;
+    }
+    let short = |k: &(String, String)| format!("{} {}", k.0, &k.1[..k.1.len().min(160)]);
+    let missing: Vec<String> = want_set
+        .iter()
+        .filter(|(k, n)| got_set.get(*k) != Some(n))
+        .take(3)
+        .map(|(k, n)| {
+            format!(
+                "{} (want {n}, got {})",
+                short(k),
+                got_set.get(k).unwrap_or(&0)
+            )
+        })
+        .collect();
+    let extra: Vec<String> = got_set
+        .iter()
+        .filter(|(k, _)| !want_set.contains_key(*k))
+        .take(3)
+        .map(|(k, n)| format!("{} (got {n})", short(k)))
+        .collect();
+    panic!(
+        "{what}: {} events, expected {}\n  missing or miscounted: {missing:#?}\n  unexpected: {extra:#?}",
+        got.len(),
+        want.len()
+    );
+}
+
+/// The elastic sample events, as tap-sim arguments that serve all of them
+/// retimed to the last hours with no indexing lag, and how many events they
+/// hold (whole empty responses carry none).
+pub fn fixture_sim_args() -> (Vec<String>, usize) {
+    let files = [
+        ("message_blocked.ndjson", "messagesBlocked"),
+        ("message_delivered.ndjson", "messagesDelivered"),
+        ("clicks_blocked.ndjson", "clicksBlocked"),
+        ("clicks_permitted.ndjson", "clicksPermitted"),
+    ];
+    let mut args: Vec<String> = vec!["--retime".into(), "--max-lag-min".into(), "0".into()];
+    let mut events = 0;
+    for (file, array) in files {
+        let path = fixtures_dir().join(file);
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        events += text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.contains("queryEndTime"))
+            .count();
+        args.extend([
+            "--events".into(),
+            path.display().to_string(),
+            "--events-type".into(),
+            array.into(),
+        ]);
+    }
+    (args, events)
+}

@@ -243,3 +243,58 @@ fn send_sigint(pid: u32) {
         .args(["-INT", &pid.to_string()])
         .status();
 }
+
+#[test]
+fn log_filters_drop_exactly_the_matching_records_and_count_them() -> Result<()> {
+    // The samples: a fixed set of events, so the expected counts are exact.
+    let (args, _) = fixture_sim_args();
+    let sim = Sim::start(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let ws = Workspace::new()?;
+    let filters = "\n[[connector.filter]]\nname = \"no-blocked-clicks\"\ndrop = 'event_type:clickBlocked OR (event_type:messageBlocked AND NOT proofpoint_tap.threatsInfoMap.threatStatus:active)'\n";
+    ws.write_config(&format!(
+        "{}{filters}",
+        tap_connector("filtered", "acme", &sim, "initial_lookback_hours = 25")
+    ))?;
+    let out = ws.dphost(&["once"])?;
+    assert!(out.status.success(), "{}", text(&out));
+    let truth = sim.truth()?;
+    let dropped = |(t, e): &(String, serde_json::Value)| {
+        t == "clickBlocked"
+            || (t == "messageBlocked"
+                && !e["threatsInfoMap"].as_array().is_some_and(|m| {
+                    m.iter().any(|x| {
+                        x["threatStatus"]
+                            .as_str()
+                            .is_some_and(|s| s.eq_ignore_ascii_case("active"))
+                    })
+                }))
+    };
+    let expected_dropped = truth.iter().filter(|x| dropped(x)).count();
+    assert!(expected_dropped > 0, "the samples hold blocked clicks");
+    let kept: Vec<_> = truth.iter().filter(|x| !dropped(x)).cloned().collect();
+    assert_same_events(
+        &landed_events(&ws)?,
+        &kept,
+        "records stored past the filter",
+    );
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.contains(&format!("dropped by log filters: {expected_dropped}")),
+        "{said}"
+    );
+
+    // A filter that does not parse is a configuration error naming its line.
+    std::fs::write(
+        ws.config_path(),
+        std::fs::read_to_string(ws.config_path())?
+            .replace("drop = 'event_type", "drop = '(event_type"),
+    )?;
+    let out = ws.dphost(&["once"])?;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("no-blocked-clicks (line ") && err.contains("does not parse"),
+        "{err}"
+    );
+    Ok(())
+}

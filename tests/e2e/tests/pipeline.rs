@@ -136,29 +136,7 @@ fn every_visible_event_lands_exactly_once_across_runs() -> Result<()> {
 
 #[test]
 fn every_fixture_event_goes_through_the_pipeline() -> Result<()> {
-    let files = [
-        ("message_blocked.ndjson", "messagesBlocked"),
-        ("message_delivered.ndjson", "messagesDelivered"),
-        ("clicks_blocked.ndjson", "clicksBlocked"),
-        ("clicks_permitted.ndjson", "clicksPermitted"),
-    ];
-    let mut args: Vec<String> = vec!["--retime".into(), "--max-lag-min".into(), "0".into()];
-    let mut expected = 0;
-    for (file, array) in files {
-        let path = fixtures_dir().join(file);
-        let text = std::fs::read_to_string(&path)?;
-        // Whole (empty) responses carry no events; every other line is one.
-        expected += text
-            .lines()
-            .filter(|l| !l.trim().is_empty() && !l.contains("queryEndTime"))
-            .count();
-        args.extend([
-            "--events".into(),
-            path.display().to_string(),
-            "--events-type".into(),
-            array.into(),
-        ]);
-    }
+    let (args, expected) = fixture_sim_args();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let sim = Sim::start(&args)?;
     let ws = Workspace::new()?;
@@ -178,11 +156,7 @@ fn every_fixture_event_goes_through_the_pipeline() -> Result<()> {
         "the simulator serves every sample event"
     );
     let landed = landed_events(&ws)?;
-    assert_eq!(
-        multiset(landed.iter().map(|(t, e)| (t.as_str(), e))),
-        multiset(truth.iter().map(|(t, e)| (t.as_str(), e))),
-        "what landed differs from the samples"
-    );
+    assert_same_events(&landed, &truth, "what landed from the samples");
     assert!(
         ws.search("quarantine", "msg_class:*")?.is_empty(),
         "no sample is quarantined"
