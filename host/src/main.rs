@@ -94,6 +94,19 @@ enum Command {
     },
     /// Check the configuration and every connector's component-specific keys.
     Check,
+    /// Each connector's state: last collection, its outcome and counts,
+    /// checkpoint, records stored, last error.
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = StatusFormat::Table)]
+        format: StatusFormat,
+    },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum StatusFormat {
+    Table,
+    Json,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +139,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Command::Once { connector } => commands::once(&cli.config, connector.as_deref()).await,
             Command::Test { name } => commands::test(&cli.config, &name).await,
             Command::Check => commands::check(&cli.config).await,
+            Command::Status { format } => {
+                commands::status(&cli.config, format == StatusFormat::Json)
+            }
             Command::Search {
                 index,
                 format,

@@ -157,6 +157,31 @@ fn runaway_components_are_stopped_and_the_healthy_tenant_is_unaffected() -> Resu
         "the healthy tenant collected its window"
     );
 
+    // `dphost status` tells the operator which tenant is failing and why.
+    let out = ws.dphost(&["status", "--format", "json"])?;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let row = |name: &str| {
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["connector"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(row("spinner")["state"], "failing");
+    assert!(row("spinner")["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("CPU budget"));
+    assert_eq!(row("hog")["last_outcome"], "memory-cap");
+    assert_eq!(row("healthy")["state"], "ok");
+    assert_eq!(
+        row("healthy")["records"].as_u64().unwrap() as usize,
+        ws.search("syslog", "tenant_name:acme")?.len()
+    );
+    assert!(row("healthy")["checkpoint"].is_string(), "{status}");
+
     // The next run of the same sandbox works.
     let mut config = std::fs::read_to_string(ws.config_path())?;
     config = config
