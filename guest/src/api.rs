@@ -10,9 +10,10 @@ use time::{
 
 use crate::config::{Config, DEFAULT_HOST_URL};
 use crate::platform::{
-    ConnectorError, Http, HttpFailure, HttpResponse, LogLevel, Platform, TransportError,
+    ConnectorError, Http, HttpFailure, HttpResponse, LogLevel, Platform, StreamingResponse,
+    TransportError,
 };
-use crate::windows::Window;
+use crate::windows::{api_time, Window};
 
 /// Proofpoint documents no `Retry-After`; its quota is a rolling 24 hours, so
 /// waiting a quarter hour before trying again is a sensible default.
@@ -22,7 +23,7 @@ pub const DEFAULT_RETRY_AFTER_SECONDS: u32 = 900;
 /// (every SIEM endpoint but `clicks/permitted`, which has its own pool).
 pub const SIEM_POOL: &str = "siem";
 /// Proofpoint's limit for that pool: 1,800 requests per credential in a
-/// rolling 24 hours.
+/// rolling 24 hours (the default of `siem_requests_per_day`).
 pub const SIEM_REQUESTS_PER_DAY: u32 = 1800;
 pub const SIEM_BUDGET_WINDOW_SECONDS: u32 = 86_400;
 /// Below this many requests left, the operator is warned.
@@ -30,6 +31,8 @@ const LOW_BUDGET: u32 = 100;
 
 /// How much of an error body to quote to the operator.
 const QUOTE_LIMIT: usize = 500;
+/// How much of an error response's body is read.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// What a 400 from the SIEM API means, from its message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,21 +54,13 @@ pub enum ApiError {
         kind: Rejection,
         error: ConnectorError,
     },
-    /// The body was larger than the connector reads at once.
-    TooLarge,
+    /// 429: the quota is used up. `retry_after`: the API's `Retry-After`, if it sent one.
+    RateLimited { retry_after: Option<u32> },
+    /// Worth asking again soon (5xx, 408, no or an incomplete response): a
+    /// `ConnectorError::Transient`.
+    Retryable(ConnectorError),
+    /// Anything else: the operator has to look.
     Failed(ConnectorError),
-}
-
-impl ApiError {
-    pub fn into_connector_error(self, what: &str) -> ConnectorError {
-        match self {
-            ApiError::Rejected { error, .. } | ApiError::Failed(error) => error,
-            ApiError::TooLarge => ConnectorError::Internal(format!(
-                "the TAP API returned more than {} MiB for {what}, which the connector cannot hold in memory",
-                crate::platform::MAX_BODY_BYTES / (1024 * 1024)
-            )),
-        }
-    }
 }
 
 /// The Threat API's answer for one threat id.
@@ -101,21 +96,41 @@ impl<'h, H: Http> TapClient<'h, H> {
         self.http.get(&format!("{}{}", self.base_path, path))
     }
 
-    /// All four event types for one window. `Ok(None)` means no content (204).
-    pub fn siem_all(&mut self, window: &Window) -> Result<Option<Vec<u8>>, ApiError> {
+    /// All four event types for one window: the response with its body
+    /// unread (200), or `None` for no content (204).
+    pub fn siem_all(&mut self, window: &Window) -> Result<Option<StreamingResponse>, ApiError> {
         let path = siem_all_path(window);
-        let response = match self.get(&path) {
-            Ok(r) => r,
-            Err(TransportError::BodyTooLarge { .. }) => return Err(ApiError::TooLarge),
-            Err(e) => return Err(ApiError::Failed(map_transport(&e, &self.host_url))),
+        self.requests += 1;
+        let response = self
+            .http
+            .get_streaming(&format!("{}{}", self.base_path, path))
+            .map_err(|e| ApiError::Retryable(map_transport(&e, &self.host_url)))?;
+        match response.status {
+            200 => return Ok(Some(response)),
+            204 => return Ok(None),
+            _ => {}
+        }
+        let retry_after = response.header("retry-after").map(str::to_string);
+        let (status, headers) = (response.status, response.headers.clone());
+        // The status says what happened; the text is only quoted.
+        let body = response
+            .read_to_end(ERROR_BODY_LIMIT)
+            .map(|r| r.body)
+            .unwrap_or_default();
+        let response = HttpResponse {
+            status,
+            headers,
+            body,
         };
         match response.status {
-            200 => Ok(Some(response.body)),
-            204 => Ok(None),
             400 => Err(ApiError::Rejected {
                 kind: classify_400(&response.body),
                 error: self.map_status(&response),
             }),
+            429 => Err(ApiError::RateLimited {
+                retry_after: parse_retry_after(retry_after.as_deref(), self.now),
+            }),
+            408 | 500..=599 => Err(ApiError::Retryable(self.map_status(&response))),
             _ => Err(ApiError::Failed(self.map_status(&response))),
         }
     }
@@ -159,33 +174,33 @@ impl<'h, H: Http> TapClient<'h, H> {
 /// Take one SIEM request from the budget shared with every connector that
 /// uses the same credential; call before each SIEM request. When the pool is
 /// empty the run stops as rate limited, before the API has to say so.
-pub fn take_siem_request<P: Platform>(
-    platform: &mut P,
-    now: OffsetDateTime,
-) -> Result<(), ConnectorError> {
-    match platform.budget_take(SIEM_POOL, SIEM_REQUESTS_PER_DAY, SIEM_BUDGET_WINDOW_SECONDS) {
+pub fn take_siem_request<P: Platform>(platform: &mut P, limit: u32) -> Result<(), ConnectorError> {
+    match platform.budget_take(SIEM_POOL, limit, SIEM_BUDGET_WINDOW_SECONDS) {
         Ok(remaining) => {
-            if remaining < LOW_BUDGET && remaining % 25 == 0 {
+            if remaining < LOW_BUDGET.min(limit / 10 + 1) && remaining % 25 == 0 {
                 platform.log(
                     LogLevel::Warn,
                     &format!(
-                        "only {remaining} of the {SIEM_REQUESTS_PER_DAY} SIEM requests a day allowed for this credential are left"
+                        "only {remaining} of the {limit} SIEM requests a day allowed for this credential are left"
                     ),
                 );
             }
             Ok(())
         }
         Err(retry_at) => {
-            let wait = i64::try_from(retry_at).unwrap_or(i64::MAX) - now.unix_timestamp();
+            let now = platform.now();
+            let wait = (i64::try_from(retry_at).unwrap_or(i64::MAX) - now.unix_timestamp())
+                .clamp(1, i64::from(u32::MAX));
+            let resume = OffsetDateTime::from_unix_timestamp(now.unix_timestamp() + wait)
+                .map(api_time)
+                .unwrap_or_default();
             platform.log(
                 LogLevel::Warn,
                 &format!(
-                    "the {SIEM_REQUESTS_PER_DAY} SIEM requests a day allowed for this credential are used up (shared by every connector using it); next request in {wait} s"
+                    "the {limit} SIEM requests a day allowed for this credential (`siem_requests_per_day`, shared by every connector using it) are used up; stopping before the API refuses, collection resumes at {resume} (in {wait} s)"
                 ),
             );
-            Err(ConnectorError::RateLimited(
-                wait.clamp(1, i64::from(u32::MAX)) as u32,
-            ))
+            Err(ConnectorError::RateLimited(wait as u32))
         }
     }
 }
@@ -266,22 +281,21 @@ pub fn map_transport(error: &TransportError, host_url: &str) -> ConnectorError {
 
 /// `Retry-After` as delta-seconds or an HTTP date; 900 s when absent or unreadable.
 pub fn retry_after_seconds(header: Option<&str>, now: OffsetDateTime) -> u32 {
+    parse_retry_after(header, now).unwrap_or(DEFAULT_RETRY_AFTER_SECONDS)
+}
+
+/// `Retry-After` as delta-seconds or an HTTP date, if present and readable.
+pub fn parse_retry_after(header: Option<&str>, now: OffsetDateTime) -> Option<u32> {
     const HTTP_DATE: &[FormatItem<'static>] = format_description!(
         "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
     );
-    let Some(value) = header.map(str::trim) else {
-        return DEFAULT_RETRY_AFTER_SECONDS;
-    };
+    let value = header.map(str::trim)?;
     if let Ok(seconds) = value.parse::<u64>() {
-        return seconds.clamp(1, u64::from(u32::MAX)) as u32;
+        return Some(seconds.clamp(1, u64::from(u32::MAX)) as u32);
     }
-    match PrimitiveDateTime::parse(value, HTTP_DATE) {
-        Ok(at) => {
-            let wait = (at.assume_utc() - now).whole_seconds();
-            wait.clamp(1, i64::from(u32::MAX)) as u32
-        }
-        Err(_) => DEFAULT_RETRY_AFTER_SECONDS,
-    }
+    let at = PrimitiveDateTime::parse(value, HTTP_DATE).ok()?;
+    let wait = (at.assume_utc() - now).whole_seconds();
+    Some(wait.clamp(1, i64::from(u32::MAX)) as u32)
 }
 
 /// A response body as a short, single-line quote.
@@ -394,6 +408,9 @@ mod tests {
             300
         );
         assert_eq!(retry_after_seconds(Some("soon"), NOW), 900);
+        assert_eq!(parse_retry_after(None, NOW), None);
+        assert_eq!(parse_retry_after(Some("soon"), NOW), None);
+        assert_eq!(parse_retry_after(Some("7"), NOW), Some(7));
     }
 
     #[test]

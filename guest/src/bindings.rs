@@ -16,14 +16,15 @@ use dphost::connector::{budget, log, sink, state};
 use exports::dphost::connector::connector::Guest;
 use wasi::http::outgoing_handler;
 use wasi::http::types::{
-    ErrorCode, Fields, IncomingBody, Method, OutgoingRequest, RequestOptions, Scheme,
+    ErrorCode, Fields, IncomingBody, IncomingResponse, Method, OutgoingRequest, RequestOptions,
+    Scheme,
 };
-use wasi::io::streams::StreamError;
+use wasi::io::streams::{InputStream, StreamError};
 
 use crate::config::{self, Config};
 use crate::platform::{
-    Batch, CommitOutcome, ConnectorError, Http, HttpResponse, Index, LogLevel, Platform,
-    TransportError, WriteMode, MAX_BODY_BYTES,
+    Batch, BodyReader, CommitOutcome, ConnectorError, Http, Index, LogLevel, Platform,
+    StreamingResponse, TransportError, WriteMode,
 };
 
 const SECOND_NS: u64 = 1_000_000_000;
@@ -140,6 +141,11 @@ impl Platform for HostPlatform {
     fn budget_take(&mut self, pool: &str, limit: u32, window_seconds: u32) -> Result<u32, u64> {
         budget::take(pool, limit, window_seconds)
     }
+
+    fn sleep(&mut self, duration: std::time::Duration) {
+        // The monotonic clock, not the wall clock (which may be simulated).
+        std::thread::sleep(duration);
+    }
 }
 
 /// `GET` requests to the configured Host URL. No `Authorization` header: the
@@ -159,7 +165,7 @@ impl WasiHttp {
 }
 
 impl Http for WasiHttp {
-    fn get(&mut self, path_and_query: &str) -> Result<HttpResponse, TransportError> {
+    fn get_streaming(&mut self, path_and_query: &str) -> Result<StreamingResponse, TransportError> {
         let failed = |what: &str| TransportError::Failed(what.to_string());
 
         let headers = Fields::from_list(&[("accept".to_string(), b"application/json".to_vec())])
@@ -216,49 +222,55 @@ impl Http for WasiHttp {
         let body = response
             .consume()
             .map_err(|()| failed("the response body was already taken"))?;
-        let bytes = read_body(&body)?;
-        // The trailers are not needed; dropping the body ends the exchange.
-        drop(body);
-        drop(response);
-        Ok(HttpResponse {
+        let stream = body.stream().map_err(|()| {
+            TransportError::Failed("the response body stream was already taken".into())
+        })?;
+        Ok(StreamingResponse {
             status,
             headers,
-            body: bytes,
+            body: Box::new(WasiBody {
+                stream: Some(stream),
+                _body: body,
+                _response: response,
+            }),
         })
     }
 }
 
-/// Read the body stream to its end, in 64 KiB chunks, up to `MAX_BODY_BYTES`.
-fn read_body(body: &IncomingBody) -> Result<Vec<u8>, TransportError> {
-    let stream = body.stream().map_err(|()| {
-        TransportError::Failed("the response body stream was already taken".into())
-    })?;
-    let mut bytes = Vec::new();
-    loop {
+/// A response body read in chunks of up to 64 KiB as the guest asks for
+/// them: only one chunk is in memory at a time.
+struct WasiBody {
+    // Fields drop in this order: the stream is a child of the body, which
+    // came from the response. The trailers are not needed; dropping the
+    // body ends the exchange.
+    stream: Option<InputStream>,
+    _body: IncomingBody,
+    _response: IncomingResponse,
+}
+
+impl BodyReader for WasiBody {
+    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+        let Some(stream) = &self.stream else {
+            return Ok(None);
+        };
         match stream.blocking_read(READ_CHUNK) {
-            Ok(chunk) => {
-                if bytes.len() + chunk.len() > MAX_BODY_BYTES {
-                    return Err(TransportError::BodyTooLarge {
-                        limit: MAX_BODY_BYTES,
-                    });
-                }
-                bytes.extend_from_slice(&chunk);
+            Ok(chunk) => Ok(Some(chunk)),
+            Err(StreamError::Closed) => {
+                self.stream = None;
+                Ok(None)
             }
-            Err(StreamError::Closed) => break,
             Err(StreamError::LastOperationFailed(e)) => {
+                self.stream = None;
                 let detail = match wasi::http::types::http_error_code(&e) {
                     Some(code) => return Err(transport_error(code)),
                     None => e.to_debug_string(),
                 };
-                return Err(TransportError::Failed(format!(
+                Err(TransportError::Failed(format!(
                     "reading the response body failed: {detail}"
-                )));
+                )))
             }
         }
     }
-    // The stream is a child of the body: it must go first.
-    drop(stream);
-    Ok(bytes)
 }
 
 fn transport_error(code: ErrorCode) -> TransportError {
@@ -267,9 +279,6 @@ fn transport_error(code: ErrorCode) -> TransportError {
         | ErrorCode::ConnectionReadTimeout
         | ErrorCode::ConnectionWriteTimeout
         | ErrorCode::HttpResponseTimeout => TransportError::Timeout(format!("{code:?}")),
-        ErrorCode::HttpResponseBodySize(_) => TransportError::BodyTooLarge {
-            limit: MAX_BODY_BYTES,
-        },
         other => TransportError::Failed(format!("{other:?}")),
     }
 }

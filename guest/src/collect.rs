@@ -2,32 +2,54 @@
 //!
 //! Lossless by construction: the checkpoint (state key `checkpoint`, the end
 //! of the last fully committed window as decimal UNIX seconds) moves only in
-//! the same `sink.commit` as the records of its window. Windows start a
+//! the same `sink.commit` as the last records of its window. Windows start a
 //! look-back before the checkpoint to catch events the API files late; the
 //! sink keeps the first record per id, so the overlap stores nothing twice.
+//!
+//! Memory stays bounded whatever a window holds: its body is streamed
+//! (`scan`), and its records are committed in batches sized from the host's
+//! limits as they come. Only the last batch of a window, committed once the
+//! whole body was read and found complete, carries the checkpoint; a window
+//! cut off half way leaves the checkpoint where it was (what was committed
+//! of it is simply found again next time).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
+use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
-use crate::api::{ApiError, Rejection, TapClient};
+use crate::api::{self, ApiError, Rejection, TapClient};
+use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::parse::{self, EventType, Interpreted, Outcome};
-use crate::platform::{Batch, ConnectorError, Http, LogLevel, Platform, Record};
+use crate::parse::{self, EventType, Outcome, RawEvent};
+use crate::platform::{Batch, ConnectorError, Http, Index, LogLevel, Platform, Record};
 use crate::record::{self, Origin};
+use crate::scan::{check_event, SiemScanner};
 use crate::threats::ThreatTracker;
 use crate::windows::{self, api_time, Gap, PlanSettings, Window, HISTORY_MARGIN, MIN_WINDOW};
 
 pub const CHECKPOINT_KEY: &str = "checkpoint";
-/// Records per `sink.commit`. A bigger window is committed in several
-/// batches; only the last carries the checkpoint, so a failure in between
-/// leaves the checkpoint where it was and the next run re-collects (and the
-/// sink drops the records already stored).
-pub const MAX_RECORDS_PER_COMMIT: usize = 5000;
-/// Body bytes per `sink.commit`, for the same reason.
-pub const MAX_BYTES_PER_COMMIT: usize = 16 * 1024 * 1024;
+/// State key set (to `START-END`, UNIX seconds) with the first batch of a
+/// window committed before its end, and cleared with its last: found at the
+/// start of a run, it says the previous run was stopped inside that window
+/// (by the sandbox's CPU, memory or time limit), so this run asks for
+/// windows half as long.
+pub const IN_PROGRESS_KEY: &str = "window_in_progress";
+/// Attempts per window for transient failures (5xx, resets, timeouts, bodies
+/// cut off or damaged), each taking a request from the budget.
+pub const MAX_ATTEMPTS: u32 = 3;
+/// Pauses before the second and third attempt.
+pub const RETRY_PAUSES: [std::time::Duration; 2] = [
+    std::time::Duration::from_secs(1),
+    std::time::Duration::from_secs(3),
+];
 /// Quarantined events logged one by one per window; the rest are counted.
 const QUARANTINE_LOG_LINES: usize = 5;
+/// Distinct threat ids gathered per window for the Threat API (the backlog
+/// keeps at most `threats::MAX_BACKLOG` of them anyway).
+const MAX_WINDOW_THREAT_IDS: usize = 5_000;
+/// Unreadable events per window held for a second look before giving up.
+const MAX_SUSPECTS: usize = 10_000;
 
 #[derive(Debug, Default)]
 struct Summary {
@@ -38,6 +60,7 @@ struct Summary {
     quarantined: u64,
     threats: u64,
     gaps: u64,
+    retries: u64,
     by_type: BTreeMap<&'static str, u64>,
     stopped_early: Option<String>,
 }
@@ -49,6 +72,20 @@ pub fn collect<H: Http, P: Platform>(
     platform: &mut P,
 ) -> Result<String, ConnectorError> {
     let now = platform.now();
+    let backoff = Backoff::load(&*platform);
+    if let Some(wait) = backoff.wait_left(now) {
+        platform.log(
+            LogLevel::Info,
+            &format!(
+                "the TAP API answered 429 (too many requests) {} time(s) in a row; no SIEM request before {} (in {wait} s)",
+                backoff.strikes,
+                OffsetDateTime::from_unix_timestamp(backoff.until)
+                    .map(api_time)
+                    .unwrap_or_default()
+            ),
+        );
+        return Err(ConnectorError::RateLimited(wait));
+    }
     let threats = ThreatTracker::load(&*platform);
     let mut cycle = Cycle {
         config,
@@ -58,17 +95,31 @@ pub fn collect<H: Http, P: Platform>(
         checkpoint: None,
         pending_gap: None,
         threats,
+        backoff,
+        marked: None,
         summary: Summary::default(),
         api: TapClient::new(config, http, now),
         platform,
     };
     cycle.checkpoint = cycle.read_checkpoint();
+    cycle.read_in_progress();
     let result = cycle.run();
+    if result.is_err() && cycle.marked.is_some() {
+        // The run ends by itself, not stopped by a limit: no reason for the
+        // next one to shrink its windows.
+        let cleared = cycle.platform.commit(Batch {
+            records: Vec::new(),
+            state: vec![(IN_PROGRESS_KEY.to_string(), None)],
+        });
+        if cleared.is_ok() {
+            cycle.marked = None;
+        }
+    }
     let summary = cycle.summary_json();
     match result {
         Ok(()) => Ok(summary),
         Err(e) => {
-            if cycle.summary.windows > 0 {
+            if cycle.summary.windows > 0 || cycle.summary.written > 0 {
                 cycle.log(
                     LogLevel::Info,
                     &format!("progress committed before the failure: {summary}"),
@@ -77,6 +128,60 @@ pub fn collect<H: Http, P: Platform>(
             Err(e)
         }
     }
+}
+
+/// Records waiting for a commit, within the host's batch limits.
+struct Batcher {
+    records: Vec<Record>,
+    bytes: usize,
+    max_records: usize,
+    max_bytes: usize,
+}
+
+impl Batcher {
+    fn new(config: &Config) -> Self {
+        Batcher {
+            records: Vec::new(),
+            bytes: 0,
+            max_records: config.limits.batch_records(),
+            max_bytes: config.limits.batch_bytes(),
+        }
+    }
+
+    /// What the host counts of a record.
+    fn size(record: &Record) -> usize {
+        record.body.len() + record.id.len()
+    }
+
+    /// Whether `record` must wait for the records held to be committed first.
+    fn is_full_for(&self, record: &Record) -> bool {
+        !self.records.is_empty()
+            && (self.records.len() >= self.max_records
+                || self.bytes + Self::size(record) > self.max_bytes)
+    }
+
+    fn push(&mut self, record: Record) {
+        self.bytes += Self::size(&record);
+        self.records.push(record);
+    }
+
+    fn take(&mut self) -> Vec<Record> {
+        self.bytes = 0;
+        std::mem::take(&mut self.records)
+    }
+}
+
+/// A window's body, read completely.
+struct WindowData {
+    /// Records not committed yet: they ride with the checkpoint.
+    pending: Batcher,
+    events: u64,
+    quarantined: u64,
+    by_type: BTreeMap<&'static str, u64>,
+    /// Threat ids the events name, in the order first met.
+    threat_ids: Vec<String>,
+    /// Where the API says its answer ends.
+    query_end: OffsetDateTime,
 }
 
 struct Cycle<'c, 'h, H: Http, P: Platform> {
@@ -89,6 +194,10 @@ struct Cycle<'c, 'h, H: Http, P: Platform> {
     /// A gap not yet recorded, with its reason.
     pending_gap: Option<(Gap, String)>,
     threats: ThreatTracker,
+    /// The committed 429 backoff (cleared with the next window after it).
+    backoff: Backoff,
+    /// The window committed as in progress (`IN_PROGRESS_KEY`), if any.
+    marked: Option<Window>,
     summary: Summary,
     api: TapClient<'h, H>,
     platform: &'c mut P,
@@ -120,14 +229,47 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
         parsed
     }
 
+    /// A window the previous run was stopped inside: ask for shorter ones.
+    fn read_in_progress(&mut self) {
+        let Some(bytes) = self.platform.state_get(IN_PROGRESS_KEY) else {
+            return;
+        };
+        let window = std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|s| s.split_once('-'))
+            .and_then(|(a, b)| Some((a.parse::<i64>().ok()?, b.parse::<i64>().ok()?)))
+            .and_then(|(a, b)| {
+                Some(Window {
+                    start: OffsetDateTime::from_unix_timestamp(a).ok()?,
+                    end: OffsetDateTime::from_unix_timestamp(b).ok()?,
+                })
+            });
+        self.marked = window;
+        let Some(window) = window else { return };
+        let shorter = Duration::seconds(window.len().whole_seconds() / 2).max(MIN_WINDOW * 2);
+        if shorter < self.settings.max_window {
+            self.settings.max_window = shorter;
+            self.log(
+                LogLevel::Warn,
+                &format!(
+                    "the previous run was stopped inside the window {} after committing part of it (a sandbox limit: CPU, memory or run time?); this run asks for windows of at most {} s",
+                    window.interval_param(),
+                    self.settings.max_window.whole_seconds()
+                ),
+            );
+        }
+    }
+
     fn run(&mut self) -> Result<(), ConnectorError> {
         let plan = windows::plan(self.now, self.checkpoint, &self.settings);
         if let Some(gap) = plan.gap {
+            let checkpoint = self.checkpoint.map(api_time).unwrap_or_default();
             self.note_gap(
                 gap,
                 format!(
-                    "the last checkpoint ({}) is older than the 7 days the TAP API keeps (the host did not run this connector for that long)",
-                    api_time(gap.start)
+                    "the last checkpoint ({checkpoint}) is too old: the TAP API keeps 7 days, and this run should have read again from {} (a look-back of {} min before the checkpoint, for events the API indexes late)",
+                    api_time(gap.start),
+                    self.settings.lookback.whole_minutes()
                 ),
             );
         }
@@ -146,10 +288,13 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
         let mut reclamped = false;
 
         while let Some(mut window) = queue.pop_front() {
-            let body = loop {
-                crate::api::take_siem_request(&mut *self.platform, self.now)?;
-                let error = match self.api.siem_all(&window) {
-                    Ok(body) => break body,
+            let mut failures = 0u32;
+            // SHA-256 of every unreadable event met in this window's attempts.
+            let mut damaged_seen: BTreeSet<[u8; 32]> = BTreeSet::new();
+            let data = loop {
+                api::take_siem_request(&mut *self.platform, self.config.siem_requests_per_day)?;
+                let error = match self.fetch_window(&window, &mut damaged_seen) {
+                    Ok(data) => break data,
                     Err(e) => e,
                 };
                 match error {
@@ -245,30 +390,55 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
                             None => return Ok(()),
                         }
                     }
-                    ApiError::TooLarge if window.len() >= MIN_WINDOW * 2 => {
-                        let middle = windows::truncate_to_second(window.start + window.len() / 2);
-                        self.log(
-                            LogLevel::Info,
-                            &format!(
-                                "the response for {} is larger than the connector reads at once; asking for it in two halves",
+                    ApiError::RateLimited { retry_after } => {
+                        return Err(self.back_off(retry_after));
+                    }
+                    ApiError::Retryable(error) => {
+                        failures += 1;
+                        let why = match error {
+                            ConnectorError::Transient(m) => m,
+                            other => other.to_string(),
+                        };
+                        if failures >= MAX_ATTEMPTS {
+                            return Err(ConnectorError::Transient(format!(
+                                "{why} (window {}, {MAX_ATTEMPTS} attempts); the checkpoint stays and the next run asks again",
                                 window.interval_param()
+                            )));
+                        }
+                        let pause =
+                            RETRY_PAUSES[(failures as usize - 1).min(RETRY_PAUSES.len() - 1)];
+                        self.log(
+                            LogLevel::Warn,
+                            &format!(
+                                "{why} (window {}); asking again in {} s",
+                                window.interval_param(),
+                                pause.as_secs()
                             ),
                         );
-                        queue.push_front(Window {
-                            start: middle,
-                            end: window.end,
-                        });
-                        window.end = middle;
+                        self.summary.retries += 1;
+                        self.platform.sleep(pause);
                     }
-                    other => {
-                        return Err(other.into_connector_error(&format!(
-                            "the window {}",
-                            window.interval_param()
-                        )))
+                    ApiError::Rejected { error, .. } | ApiError::Failed(error) => {
+                        return Err(error)
                     }
                 }
             };
-            self.process_window(window, body.as_deref())?;
+            let query_end = data.query_end;
+            self.finish_window(window, data)?;
+            if query_end < window.end {
+                // The API answered for less than was asked: the next run
+                // continues from where its answer ended.
+                self.log(
+                    LogLevel::Warn,
+                    &format!(
+                        "the TAP API answered the interval {} only up to {} (queryEndTime); the next run continues from there",
+                        window.interval_param(),
+                        api_time(query_end)
+                    ),
+                );
+                self.summary.stopped_early = Some("answer ended early".into());
+                queue.clear();
+            }
             let done = self.summary.windows;
             let total = done + queue.len() as u64;
             self.platform.progress(
@@ -280,10 +450,44 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
         Ok(())
     }
 
+    /// After a 429: store the next backoff at once and say how long to wait.
+    fn back_off(&mut self, retry_after: Option<u32>) -> ConnectorError {
+        let now = self.platform.now();
+        let (next, wait) = self.backoff.strike(now, retry_after, &self.config.name);
+        let committed = self.platform.commit(Batch {
+            records: Vec::new(),
+            state: vec![next.state_change()],
+        });
+        if let Err(e) = committed {
+            self.log(
+                LogLevel::Warn,
+                &format!("could not store the rate-limit backoff: {e}"),
+            );
+        } else {
+            self.backoff = next;
+        }
+        self.log(
+            LogLevel::Warn,
+            &format!(
+                "the TAP API answered 429 (too many requests; {} in a row): no SIEM request before {} (in {wait} s, {}); the checkpoint stays",
+                next.strikes,
+                OffsetDateTime::from_unix_timestamp(next.until)
+                    .map(api_time)
+                    .unwrap_or_default(),
+                if retry_after.is_some() {
+                    "as its Retry-After says"
+                } else {
+                    "exponential backoff"
+                }
+            ),
+        );
+        ConnectorError::RateLimited(wait)
+    }
+
     /// Remember a gap for the next commit and tell the operator.
     fn note_gap(&mut self, gap: Gap, why: String) {
         let reason = format!(
-            "{why}; events from {} to {} can no longer be collected",
+            "{why}; events filed from {} to {} that were not collected before can no longer be",
             api_time(gap.start),
             api_time(gap.end)
         );
@@ -300,45 +504,210 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
         });
     }
 
-    /// Parse one window's body and commit its records with the checkpoint.
-    fn process_window(
+    /// Add a record to `batch`, committing what it holds first when full.
+    /// That commit carries no checkpoint (it waits for the window's end),
+    /// only, the first time, the window as in progress.
+    fn push(
         &mut self,
-        window: Window,
-        body: Option<&[u8]>,
+        window: &Window,
+        batch: &mut Batcher,
+        record: Record,
     ) -> Result<(), ConnectorError> {
-        let events: Vec<Interpreted<'_>> = match body {
-            None => Vec::new(),
-            Some(body) => parse::parse_siem_response(body)
-                .map_err(|e| {
-                    ConnectorError::Transient(format!(
-                        "{e} (window {}); the checkpoint stays and the next run asks again",
-                        window.interval_param()
-                    ))
-                })?
-                .events
-                .into_iter()
-                .map(parse::interpret)
-                .collect(),
-        };
+        if batch.is_full_for(&record) {
+            let records = batch.take();
+            let mut state = Vec::new();
+            if self.marked != Some(*window) {
+                state.push((
+                    IN_PROGRESS_KEY.to_string(),
+                    Some(
+                        format!(
+                            "{}-{}",
+                            window.start.unix_timestamp(),
+                            window.end.unix_timestamp()
+                        )
+                        .into_bytes(),
+                    ),
+                ));
+            }
+            self.commit(records, state)?;
+            self.marked = Some(*window);
+        }
+        batch.push(record);
+        Ok(())
+    }
 
-        let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-        let mut quarantined = 0u64;
-        for event in &events {
-            *counts.entry(event.event_type.as_str()).or_default() += 1;
-            if let Outcome::Quarantine { reason } = &event.outcome {
-                quarantined += 1;
-                if quarantined as usize <= QUARANTINE_LOG_LINES {
+    /// Ask for one window and read its body as it arrives, committing full
+    /// batches on the way. Returns what the last commit needs.
+    fn fetch_window(
+        &mut self,
+        window: &Window,
+        damaged_seen: &mut BTreeSet<[u8; 32]>,
+    ) -> Result<WindowData, ApiError> {
+        let what = window.interval_param();
+        let transient = |m: String| ApiError::Retryable(ConnectorError::Transient(m));
+        let mut data = WindowData {
+            pending: Batcher::new(self.config),
+            events: 0,
+            quarantined: 0,
+            by_type: BTreeMap::new(),
+            threat_ids: Vec::new(),
+            query_end: window.end,
+        };
+        let Some(response) = self.api.siem_all(window)? else {
+            return Ok(data);
+        };
+        let origin = self.origin;
+        let collect_events = self.config.collect_events;
+        let collect_threats = self.config.collect_threats;
+        let mut scanner =
+            SiemScanner::new(response.into_body(), self.config.limits.max_event_bytes());
+        let mut suspects = 0usize;
+        let mut threat_ids_seen: BTreeSet<String> = BTreeSet::new();
+        let mut threat_ids_capped = false;
+        loop {
+            let event = match scanner.next_event() {
+                Ok(Some(event)) => event,
+                Ok(None) => break,
+                Err(e) => return Err(transient(format!("{e} (window {what})"))),
+            };
+            let event_type = event.event_type;
+            data.events += 1;
+            *data.by_type.entry(event_type.as_str()).or_default() += 1;
+
+            // What to do with it: a record, or (for an unreadable event) a
+            // quarantine record once it is known not to be damage in transit.
+            let mut quarantine_reason = None;
+            let record = if let Some(oversized) = event.oversized {
+                let reason = format!(
+                    "the event is {} bytes, more than the {} bytes one record may hold (limits.memory_mib and limits.max_batch_mib); its first bytes, size and SHA-256 are kept",
+                    oversized.len,
+                    self.config.limits.max_event_bytes()
+                );
+                let sha = hex::encode(oversized.sha256);
+                let r = record::damaged_record(
+                    origin,
+                    event_type,
+                    event.bytes,
+                    oversized.len,
+                    &sha,
+                    &reason,
+                );
+                quarantine_reason = Some(reason);
+                Some(r)
+            } else {
+                match check_event(event.bytes) {
+                    Ok(raw) => {
+                        let interpreted = parse::interpret(RawEvent { event_type, raw });
+                        for id in interpreted.threat_ids.iter().filter(|_| collect_threats) {
+                            if threat_ids_seen.contains(id) {
+                                continue;
+                            }
+                            if threat_ids_seen.len() < MAX_WINDOW_THREAT_IDS {
+                                threat_ids_seen.insert(id.clone());
+                                data.threat_ids.push(id.clone());
+                            } else {
+                                threat_ids_capped = true;
+                            }
+                        }
+                        if let Outcome::Quarantine { reason } = &interpreted.outcome {
+                            quarantine_reason = Some(reason.clone());
+                        }
+                        collect_events.then(|| record::for_event(origin, &interpreted))
+                    }
+                    Err(reason) => {
+                        let sha: [u8; 32] = Sha256::digest(event.bytes).into();
+                        let id = hex::encode(sha);
+                        // Believed when the API sent the same bytes before
+                        // (in this run or one that quarantined them).
+                        let confirmed = damaged_seen.contains(&sha)
+                            || self
+                                .platform
+                                .contains(Index::Quarantine, std::slice::from_ref(&id))
+                                .first()
+                                .copied()
+                                .unwrap_or(false);
+                        damaged_seen.insert(sha);
+                        if confirmed {
+                            let r = record::damaged_record(
+                                origin,
+                                event_type,
+                                event.bytes,
+                                event.bytes.len() as u64,
+                                &id,
+                                &reason,
+                            );
+                            quarantine_reason = Some(reason);
+                            Some(r)
+                        } else {
+                            suspects += 1;
+                            if suspects > MAX_SUSPECTS {
+                                return Err(transient(format!(
+                                    "more than {MAX_SUSPECTS} events of window {what} are not JSON"
+                                )));
+                            }
+                            None
+                        }
+                    }
+                }
+            };
+            if let Some(reason) = quarantine_reason {
+                data.quarantined += 1;
+                if data.quarantined as usize <= QUARANTINE_LOG_LINES {
                     self.log(
                         LogLevel::Warn,
                         &format!(
-                            "quarantined a {} event from {}: {reason}",
-                            event.event_type.as_str(),
-                            window.interval_param()
+                            "quarantined a {} event from {what}: {reason}",
+                            event_type.as_str()
                         ),
                     );
                 }
             }
+            if let Some(record) = record.filter(|_| collect_events) {
+                self.push(window, &mut data.pending, record)
+                    .map_err(ApiError::Failed)?;
+            }
         }
+        if suspects > 0 {
+            return Err(transient(format!(
+                "{suspects} event(s) in window {what} are not JSON; asking again to tell damage on the way from events the API sends that way (those are quarantined when they come back the same)"
+            )));
+        }
+        if scanner.query_end_time().is_none() && scanner.arrays().is_empty() {
+            return Err(transient(format!(
+                "the SIEM response for {what} has none of `queryEndTime`, `messagesDelivered`, `messagesBlocked`, `clicksPermitted`, `clicksBlocked`"
+            )));
+        }
+        match scanner.query_end_time().map(|t| (t, parse::parse_event_time(t))) {
+            Some((_, Some(end))) => data.query_end = end.min(window.end),
+            Some((text, None)) => self.log(
+                LogLevel::Warn,
+                &format!("the SIEM response for {what} has an unreadable queryEndTime {text:?}; taking the window's end"),
+            ),
+            None => self.log(
+                LogLevel::Warn,
+                &format!("the SIEM response for {what} has no queryEndTime; taking the window's end"),
+            ),
+        }
+        if threat_ids_capped {
+            self.log(
+                LogLevel::Warn,
+                &format!("window {what} names more than {MAX_WINDOW_THREAT_IDS} threats; only the first are looked up"),
+            );
+        }
+        Ok(data)
+    }
+
+    /// Commit the rest of a window with its checkpoint, after its threat
+    /// summaries were looked up.
+    fn finish_window(&mut self, window: Window, data: WindowData) -> Result<(), ConnectorError> {
+        let WindowData {
+            mut pending,
+            events,
+            quarantined,
+            by_type,
+            threat_ids,
+            query_end,
+        } = data;
         if quarantined as usize > QUARANTINE_LOG_LINES {
             self.log(
                 LogLevel::Warn,
@@ -348,81 +717,73 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
                 ),
             );
         }
-
         let now_ms = parse::epoch_ms(self.now);
         let threat_records = if self.config.collect_threats {
-            let ids: Vec<String> = events
-                .iter()
-                .flat_map(|e| e.threat_ids.iter().cloned())
-                .collect();
-            self.threats
-                .lookup(ids, &mut self.api, &*self.platform, self.origin, now_ms)
+            self.threats.lookup(
+                threat_ids,
+                &mut self.api,
+                &*self.platform,
+                self.origin,
+                now_ms,
+            )
         } else {
             Vec::new()
         };
         let threat_count = threat_records.len() as u64;
-
-        // Event records first, in chunks; gap and threat records ride with
-        // the checkpoint in the last batch.
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0usize;
-        let (mut written, mut duplicates) = (0u64, 0u64);
-        let origin = self.origin;
-        let collect_events = self.config.collect_events;
-        let event_records = events
-            .iter()
-            .filter(|_| collect_events)
-            .map(|e| record::for_event(origin, e));
         let gap_record = self
             .pending_gap
             .as_ref()
-            .map(|(gap, reason)| record::gap_record(origin, gap, reason, now_ms));
-        for rec in event_records.chain(gap_record).chain(threat_records) {
-            if !batch.is_empty()
-                && (batch.len() >= MAX_RECORDS_PER_COMMIT
-                    || batch_bytes + rec.body.len() > MAX_BYTES_PER_COMMIT)
-            {
-                let (w, d) = self.commit(std::mem::take(&mut batch), Vec::new())?;
-                written += w;
-                duplicates += d;
-                batch_bytes = 0;
-            }
-            batch_bytes += rec.body.len();
-            batch.push(rec);
+            .map(|(gap, reason)| record::gap_record(self.origin, gap, reason, now_ms));
+        for rec in gap_record.into_iter().chain(threat_records) {
+            self.push(&window, &mut pending, rec)?;
         }
 
         // Never move the checkpoint backwards: look-back windows end behind it.
-        let checkpoint = self.checkpoint.map_or(window.end, |cp| cp.max(window.end));
+        let end = query_end.min(window.end);
+        let checkpoint = self.checkpoint.map_or(end, |cp| cp.max(end));
         let mut state = vec![(
             CHECKPOINT_KEY.to_string(),
             Some(checkpoint.unix_timestamp().to_string().into_bytes()),
         )];
         state.extend(self.threats.state_change());
-        let (w, d) = self.commit(batch, state)?;
-        written += w;
-        duplicates += d;
+        let clears_backoff = self.backoff != Backoff::default();
+        if clears_backoff {
+            state.push(Backoff::default().state_change());
+        }
+        // Cleared once the checkpoint is past the window marked in progress
+        // (until then, a run stopped again halves again).
+        let clears_mark = self.marked.is_some_and(|w| checkpoint >= w.end);
+        if clears_mark {
+            state.push((IN_PROGRESS_KEY.to_string(), None));
+        }
+        self.commit(pending.take(), state)?;
+        if clears_mark {
+            self.marked = None;
+        }
 
         self.checkpoint = Some(checkpoint);
         self.threats.committed();
+        if clears_backoff {
+            self.backoff = Backoff::default();
+        }
         if self.pending_gap.take().is_some() {
             self.summary.gaps += 1;
         }
         let s = &mut self.summary;
         s.windows += 1;
-        s.events += events.len() as u64;
+        s.events += events;
         s.quarantined += quarantined;
         s.threats += threat_count;
-        s.written += written;
-        s.duplicates += duplicates;
-        for (t, n) in &counts {
+        for (t, n) in &by_type {
             *s.by_type.entry(t).or_default() += n;
         }
         self.log(
             LogLevel::Debug,
             &format!(
-                "window {}: {} events ({quarantined} quarantined), {written} written, {duplicates} duplicates, {threat_count} threat summaries",
+                "window {}: {events} events ({quarantined} quarantined), {threat_count} threat summaries; {} written, {} duplicates so far this run",
                 window.interval_param(),
-                events.len()
+                self.summary.written,
+                self.summary.duplicates
             ),
         );
         Ok(())
@@ -432,7 +793,7 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
         &mut self,
         records: Vec<Record>,
         state: Vec<(String, Option<Vec<u8>>)>,
-    ) -> Result<(u64, u64), ConnectorError> {
+    ) -> Result<(), ConnectorError> {
         let count = records.len();
         let outcome = self
             .platform
@@ -442,7 +803,9 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
                     "the data lake refused a batch of {count} records: {e}"
                 ))
             })?;
-        Ok((outcome.written.into(), outcome.duplicates.into()))
+        self.summary.written += u64::from(outcome.written);
+        self.summary.duplicates += u64::from(outcome.duplicates);
+        Ok(())
     }
 
     fn summary_json(&self) -> String {
@@ -462,6 +825,7 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
             "quarantined": s.quarantined,
             "threats": s.threats,
             "gaps": s.gaps,
+            "retries": s.retries,
             "by_type": by_type,
             "checkpoint": self.checkpoint.map(api_time),
             "requests": self.api.requests,

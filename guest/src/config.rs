@@ -43,6 +43,7 @@ pub const CONNECTOR_KEYS: &[&str] = &[
     "lookback_minutes",
     "safety_margin_seconds",
     "max_window_minutes",
+    "siem_requests_per_day",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +76,70 @@ pub struct Config {
     pub lookback_minutes: u32,
     pub safety_margin_seconds: u32,
     pub max_window_minutes: u32,
+    /// The SIEM request quota of the credential per rolling 24 hours
+    /// (Proofpoint's is 1,800); the connector never sends more.
+    pub siem_requests_per_day: u32,
+    /// The host's sandbox limits that shape how the connector works.
+    pub limits: HostLimits,
+}
+
+/// The host's `limits` the connector sizes its work by; defaults are the
+/// host's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostLimits {
+    pub memory_mib: u64,
+    pub max_batch_records: usize,
+    pub max_batch_mib: u64,
+}
+
+impl Default for HostLimits {
+    fn default() -> Self {
+        HostLimits {
+            memory_mib: 256,
+            max_batch_records: 20_000,
+            max_batch_mib: 64,
+        }
+    }
+}
+
+impl HostLimits {
+    /// Read what the host passed; anything missing or odd keeps its default
+    /// (the host validates its own keys).
+    fn from_json(value: Option<&Value>) -> Self {
+        let d = HostLimits::default();
+        let get = |key: &str| value.and_then(|v| v.get(key)).and_then(Value::as_u64);
+        HostLimits {
+            memory_mib: get("memory_mib").filter(|n| *n > 0).unwrap_or(d.memory_mib),
+            max_batch_records: get("max_batch_records")
+                .filter(|n| *n > 0)
+                .map_or(d.max_batch_records, |n| {
+                    usize::try_from(n).unwrap_or(usize::MAX)
+                }),
+            max_batch_mib: get("max_batch_mib")
+                .filter(|n| *n > 0)
+                .unwrap_or(d.max_batch_mib),
+        }
+    }
+
+    /// Records per `sink.commit`.
+    pub fn batch_records(&self) -> usize {
+        self.max_batch_records.max(1)
+    }
+
+    /// Bytes of records (bodies and ids, as the host counts them) per
+    /// `sink.commit`: within the host's limit, and an eighth of the memory
+    /// cap, so a batch being built is never what exhausts the sandbox.
+    pub fn batch_bytes(&self) -> usize {
+        let mib = |n: u64| usize::try_from(n.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let host = mib(self.max_batch_mib) - mib(self.max_batch_mib) / 16;
+        host.min(mib(self.memory_mib) / 8).max(256 * 1024)
+    }
+
+    /// Largest event stored whole: half a batch. A larger one is
+    /// quarantined with its size, hash and first bytes.
+    pub fn max_event_bytes(&self) -> usize {
+        self.batch_bytes() / 2
+    }
 }
 
 impl Config {
@@ -156,7 +221,15 @@ impl Config {
             60,
             "the TAP API refuses intervals longer than one hour",
         );
-        v.check_quota(lookback_minutes, max_window_minutes);
+        let siem_requests_per_day = v.integer(
+            "siem_requests_per_day",
+            SIEM_REQUESTS_PER_DAY,
+            1,
+            SIEM_REQUESTS_PER_DAY,
+            "it is the credential's SIEM request quota per rolling 24 hours; Proofpoint allows 1800",
+        );
+        v.check_quota(lookback_minutes, max_window_minutes, siem_requests_per_day);
+        let limits = HostLimits::from_json(map.get("limits"));
 
         if !v.problems.is_empty() {
             return Err(v.problems);
@@ -173,6 +246,8 @@ impl Config {
             lookback_minutes,
             safety_margin_seconds,
             max_window_minutes,
+            siem_requests_per_day,
+            limits,
         })
     }
 }
@@ -259,7 +334,7 @@ impl Validator<'_> {
     /// Each run asks again for the look-back period plus the time since the
     /// last run, in windows of at most `max_window_minutes`. If that adds up
     /// to more than the daily quota, the connector would be throttled for good.
-    fn check_quota(&mut self, lookback_minutes: u32, max_window_minutes: u32) {
+    fn check_quota(&mut self, lookback_minutes: u32, max_window_minutes: u32, quota: u32) {
         let Some(interval) = self.map.get("interval_min").and_then(Value::as_f64) else {
             return;
         };
@@ -269,12 +344,12 @@ impl Validator<'_> {
         let span = interval + f64::from(lookback_minutes);
         let per_run = (span / f64::from(max_window_minutes)).ceil().max(1.0);
         let per_day = (1440.0 / interval).ceil() * per_run;
-        if per_day > f64::from(SIEM_REQUESTS_PER_DAY) {
+        if per_day > f64::from(quota) {
             self.problem(format!(
                 "connector `{}` would send about {per_day:.0} SIEM requests a day (every {interval} min, \
                  {per_run:.0} window(s) per run for `lookback_minutes` = {lookback_minutes} and \
-                 `max_window_minutes` = {max_window_minutes}), more than the {SIEM_REQUESTS_PER_DAY} a day \
-                 Proofpoint allows per credential; raise `interval_min`, lower `lookback_minutes` or raise \
+                 `max_window_minutes` = {max_window_minutes}), more than the {quota} a day \
+                 of `siem_requests_per_day`; raise `interval_min`, lower `lookback_minutes` or raise \
                  `max_window_minutes`.",
                 self.connector
             ));
@@ -365,6 +440,10 @@ pub fn schema() -> Value {
             "max_window_minutes": {
                 "description": "Longest interval per SIEM request (the API accepts at most 60 minutes).",
                 "type": "integer", "minimum": 1, "maximum": 60, "default": 60
+            },
+            "siem_requests_per_day": {
+                "description": "The credential's SIEM request quota per rolling 24 hours, shared by every connector using the credential. The connector stops before spending past it and says when it resumes.",
+                "type": "integer", "minimum": 1, "maximum": SIEM_REQUESTS_PER_DAY, "default": SIEM_REQUESTS_PER_DAY
             }
         },
         "x-host-keys": HOST_KEYS,
@@ -437,9 +516,13 @@ mod tests {
         v["lookback_minutes"] = (-1).into();
         v["safety_margin_seconds"] = 1.5.into();
         v["max_window_minutes"] = 61.into();
+        v["siem_requests_per_day"] = 0.into();
         v["host_url"] = "tap-api-v2.proofpoint.com".into();
         let errs = Config::parse(&v.to_string()).unwrap_err();
-        assert_eq!(errs.len(), 6, "{errs:#?}");
+        assert_eq!(errs.len(), 7, "{errs:#?}");
+        assert!(errs
+            .iter()
+            .any(|e| e.contains("`siem_requests_per_day`") && e.contains("from 1 to 1800")));
         assert!(errs.iter().any(|e| e.contains("`initial_lookback_hours`")
             && e.contains("from 1 to 168")
             && e.contains("got 200")));
@@ -473,5 +556,45 @@ mod tests {
         assert!(errs[0].contains("SIEM requests a day"), "{errs:?}");
         v["lookback_minutes"] = 30.into();
         assert!(Config::parse(&v.to_string()).is_ok());
+
+        // A smaller quota of the credential is checked the same way.
+        v["interval_min"] = 5.into();
+        v["siem_requests_per_day"] = 100.into();
+        let errs = Config::parse(&v.to_string()).unwrap_err();
+        assert!(errs[0].contains("more than the 100 a day"), "{errs:?}");
+        v["interval_min"] = 720.into();
+        let c = Config::parse(&v.to_string()).unwrap();
+        assert_eq!(c.siem_requests_per_day, 100);
+    }
+
+    #[test]
+    fn host_limits_size_the_batches() {
+        let c = Config::parse(&base().to_string()).unwrap();
+        assert_eq!(c.limits, HostLimits::default());
+        assert_eq!(c.siem_requests_per_day, 1800);
+        // 256 MiB of memory: batches of 32 MiB, within the host's 64 MiB.
+        assert_eq!(c.limits.batch_bytes(), 32 << 20);
+        assert_eq!(c.limits.batch_records(), 20_000);
+
+        let mut v = base();
+        v["limits"] = serde_json::json!({
+            "memory_mib": 32, "max_batch_records": 500, "max_batch_mib": 2,
+            "cpu_seconds": 10.5, "run_timeout_secs": 60
+        });
+        let c = Config::parse(&v.to_string()).unwrap();
+        assert_eq!(c.limits.batch_records(), 500);
+        // The host's 2 MiB (less a 1/16 margin for what it counts besides
+        // bodies) is below 32 MiB / 8.
+        assert_eq!(c.limits.batch_bytes(), (2 << 20) - (2 << 20) / 16);
+        assert_eq!(c.limits.max_event_bytes(), c.limits.batch_bytes() / 2);
+
+        v["limits"] = serde_json::json!({"memory_mib": 16});
+        let c = Config::parse(&v.to_string()).unwrap();
+        assert_eq!(c.limits.batch_bytes(), 2 << 20);
+
+        // Odd values are the host's business: the defaults stay.
+        v["limits"] = serde_json::json!({"memory_mib": "lots", "max_batch_records": 0});
+        let c = Config::parse(&v.to_string()).unwrap();
+        assert_eq!(c.limits, HostLimits::default());
     }
 }

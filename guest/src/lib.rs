@@ -11,21 +11,25 @@
 //! - `config`: the connector's JSON configuration, defaults and validation;
 //! - `api`: TAP request paths and HTTP status → operator-readable errors;
 //! - `windows`: which SIEM intervals a run asks for;
-//! - `parse`: SIEM responses, keeping each event's raw JSON;
+//! - `scan`: SIEM response bodies, streamed: each event's raw bytes in turn;
+//! - `parse`: event types, and what is read out of each event;
 //! - `identity`: record ids that make re-collection idempotent;
 //! - `record`: the records written to the data lake;
 //! - `threats`: Threat API summaries and their backlog;
+//! - `backoff`: waiting after a 429, kept in state;
 //! - `collect`: one collection cycle;
 //! - `platform`: the host, as traits and plain types;
 //! - `bindings` (wasm32 only): the WIT glue.
 
 pub mod api;
+pub mod backoff;
 pub mod collect;
 pub mod config;
 pub mod identity;
 pub mod parse;
 pub mod platform;
 pub mod record;
+pub mod scan;
 pub mod threats;
 pub mod windows;
 
@@ -70,7 +74,10 @@ pub fn test_connection<H: Http, P: Platform>(
     platform: &mut P,
 ) -> Result<String, ConnectorError> {
     let now = platform.now();
-    api::take_siem_request(platform, now)?;
+    if let Some(wait) = backoff::Backoff::load(&*platform).wait_left(now) {
+        return Err(ConnectorError::RateLimited(wait));
+    }
+    api::take_siem_request(platform, config.siem_requests_per_day)?;
     let mut api = api::TapClient::new(config, http, now);
     api.check_connection()?;
     Ok(format!(

@@ -1,18 +1,19 @@
-//! SIEM response parsing.
+//! SIEM events: their types and what the connector reads out of each.
 //!
-//! Every event keeps its raw JSON text (a borrowed `RawValue` slice of the
-//! response body), so the stored original is byte-exact. Only what the
+//! Every event keeps its raw JSON text (a `RawValue` slice of the bytes the
+//! API sent), so the stored original is byte-exact. Only what the
 //! connector needs is read out of it: the event time, the identity fields and
 //! the threat ids. Nothing else is validated: one odd field must never cost a
 //! window.
 
-use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use crate::identity;
+use crate::platform::InMemoryBody;
+use crate::scan::{check_event, SiemScanner};
 
 /// The four SIEM event types, named as records name them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,69 +76,42 @@ pub struct SiemResponse<'a> {
     pub events: Vec<RawEvent<'a>>,
 }
 
-/// The response's top level: each array is kept raw until its shape is checked,
-/// so the error can name it.
-#[derive(Deserialize)]
-struct TopLevel<'a> {
-    #[serde(rename = "queryEndTime", default)]
-    query_end_time: Option<Value>,
-    #[serde(rename = "messagesDelivered", borrow, default)]
-    messages_delivered: Option<&'a RawValue>,
-    #[serde(rename = "messagesBlocked", borrow, default)]
-    messages_blocked: Option<&'a RawValue>,
-    #[serde(rename = "clicksPermitted", borrow, default)]
-    clicks_permitted: Option<&'a RawValue>,
-    #[serde(rename = "clicksBlocked", borrow, default)]
-    clicks_blocked: Option<&'a RawValue>,
-}
-
-/// Parse a SIEM response. An error means the body is not what the API sends
-/// (not JSON, not an object, an event list that is not a list, or none of the
-/// expected keys): the caller treats it as transient and keeps its checkpoint.
+/// Parse a whole SIEM response already in memory (collection streams
+/// instead: see `scan`). An error means the body is not what the API sends
+/// (not JSON, not an object, an event list that is not a list, an event that
+/// is not JSON, or none of the expected keys).
 pub fn parse_siem_response(body: &[u8]) -> Result<SiemResponse<'_>, String> {
-    let text = std::str::from_utf8(body)
-        .map_err(|e| format!("the SIEM response is not UTF-8 text ({e})"))?;
-    // A derived struct would also accept a JSON list; the API sends an object.
-    if !text.trim_start().starts_with('{') {
-        return Err(format!(
-            "the SIEM response is not a JSON object; it starts with {:?}",
-            text.chars().take(80).collect::<String>()
-        ));
+    let starts_with = || String::from_utf8_lossy(&body[..body.len().min(80)]).into_owned();
+    let mut scanner = SiemScanner::new(InMemoryBody::new(body.to_vec(), body.len()), body.len());
+    let mut events = Vec::new();
+    loop {
+        let event = match scanner.next_event() {
+            Ok(Some(e)) => e,
+            Ok(None) => break,
+            Err(e) => return Err(format!("{e}; it starts with {:?}", starts_with())),
+        };
+        let start = event.offset as usize;
+        let bytes = &body[start..start + event.bytes.len()];
+        let raw = check_event(bytes).map_err(|why| {
+            format!(
+                "an item of `{}` in the SIEM response is not JSON: {why}",
+                event.event_type.array()
+            )
+        })?;
+        events.push(RawEvent {
+            event_type: event.event_type,
+            raw,
+        });
     }
-    let top: TopLevel<'_> = serde_json::from_str(text).map_err(|e| {
-        format!(
-            "the SIEM response is not the expected JSON object ({e}); it starts with {:?}",
-            text.chars().take(80).collect::<String>()
-        )
-    })?;
-    let arrays = [
-        (EventType::MessageDelivered, top.messages_delivered),
-        (EventType::MessageBlocked, top.messages_blocked),
-        (EventType::ClickPermitted, top.clicks_permitted),
-        (EventType::ClickBlocked, top.clicks_blocked),
-    ];
-    if top.query_end_time.is_none() && arrays.iter().all(|(_, a)| a.is_none()) {
+    if scanner.query_end_time().is_none() && scanner.arrays().is_empty() {
         return Err(
             "the SIEM response has none of `queryEndTime`, `messagesDelivered`, `messagesBlocked`, \
              `clicksPermitted`, `clicksBlocked`"
                 .into(),
         );
     }
-    let mut events = Vec::new();
-    for (event_type, array) in arrays {
-        let Some(array) = array else { continue };
-        let items: Vec<&RawValue> = serde_json::from_str(array.get()).map_err(|e| {
-            format!(
-                "`{}` in the SIEM response is not a list ({e})",
-                event_type.array()
-            )
-        })?;
-        events.extend(items.into_iter().map(|raw| RawEvent { event_type, raw }));
-    }
     Ok(SiemResponse {
-        query_end_time: top
-            .query_end_time
-            .and_then(|v| v.as_str().map(str::to_string)),
+        query_end_time: scanner.query_end_time().map(str::to_string),
         events,
     })
 }

@@ -78,6 +78,26 @@ struct QuarantineBody<'a> {
 }
 
 #[derive(Serialize)]
+struct DamagedBody<'a> {
+    msg_class: &'static str,
+    msg_origin: MsgOrigin,
+    tenant_name: &'a str,
+    connector: &'a str,
+    domain: &'a str,
+    event_type: &'static str,
+    reason: &'a str,
+    /// The bytes as text (invalid UTF-8 replaced), at most the first
+    /// `DAMAGED_TEXT_BYTES`.
+    raw_text: &'a str,
+    /// The same bytes in hex, when they are not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_hex: Option<String>,
+    /// Length and SHA-256 (hex) of all the event's bytes.
+    raw_bytes: u64,
+    raw_sha256: &'a str,
+}
+
+#[derive(Serialize)]
 struct ThreatBody<'a> {
     msg_class: &'static str,
     msg_origin: MsgOrigin,
@@ -111,6 +131,24 @@ fn to_json<T: Serialize>(body: &T) -> String {
     serde_json::to_string(body).expect("record bodies always serialize")
 }
 
+/// Room for a record's own fields around an embedded raw event.
+const WRAPPER_BYTES: usize = 512;
+
+/// `to_json` into a buffer sized for `raw_len` bytes of embedded event, so
+/// a batch of records holds about the memory its bytes count (a growing
+/// buffer would hold up to twice that).
+fn to_json_around<T: Serialize>(body: &T, raw_len: usize, origin: Origin<'_>) -> String {
+    let hint = raw_len
+        + origin.tenant.len()
+        + origin.connector.len()
+        + origin.domain.len()
+        + WRAPPER_BYTES;
+    let mut out = Vec::with_capacity(hint);
+    serde_json::to_writer(&mut out, body).expect("record bodies always serialize");
+    out.shrink_to_fit();
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
 /// The record for one interpreted event: Syslog, or quarantine with its reason.
 pub fn for_event(origin: Origin<'_>, event: &Interpreted<'_>) -> Record {
     match &event.outcome {
@@ -133,17 +171,21 @@ pub fn event_record(
     Record {
         index: Index::Syslog,
         id: id.to_string(),
-        body: to_json(&EventBody {
-            msg_class: EVENT_CLASS,
-            msg_origin: MSG_ORIGIN,
-            tenant_name: origin.tenant,
-            connector: origin.connector,
-            domain: origin.domain,
-            event_type: event_type.as_str(),
-            timestamp: time_ms,
-            event_id: id,
-            proofpoint_tap: raw,
-        }),
+        body: to_json_around(
+            &EventBody {
+                msg_class: EVENT_CLASS,
+                msg_origin: MSG_ORIGIN,
+                tenant_name: origin.tenant,
+                connector: origin.connector,
+                domain: origin.domain,
+                event_type: event_type.as_str(),
+                timestamp: time_ms,
+                event_id: id,
+                proofpoint_tap: raw,
+            },
+            raw.get().len(),
+            origin,
+        ),
         mode: WriteMode::Insert,
     }
 }
@@ -157,7 +199,48 @@ pub fn quarantine_record(
     Record {
         index: Index::Quarantine,
         id: identity::quarantine_id(raw.get()),
-        body: to_json(&QuarantineBody {
+        body: to_json_around(
+            &QuarantineBody {
+                msg_class: QUARANTINE_CLASS,
+                msg_origin: MSG_ORIGIN,
+                tenant_name: origin.tenant,
+                connector: origin.connector,
+                domain: origin.domain,
+                event_type: event_type.as_str(),
+                reason,
+                raw,
+            },
+            raw.get().len() + reason.len(),
+            origin,
+        ),
+        mode: WriteMode::Insert,
+    }
+}
+
+/// Bytes of an unreadable or oversized event kept in its quarantine record.
+pub const DAMAGED_TEXT_BYTES: usize = 64 * 1024;
+
+/// The quarantine record of an array item that is not JSON, or too large to
+/// store: its reason, its bytes (the first `DAMAGED_TEXT_BYTES`) and the
+/// length and SHA-256 of all of them. `sha256_hex` is the record id, so the
+/// same damaged event is quarantined once.
+pub fn damaged_record(
+    origin: Origin<'_>,
+    event_type: EventType,
+    bytes: &[u8],
+    total_len: u64,
+    sha256_hex: &str,
+    reason: &str,
+) -> Record {
+    let kept = &bytes[..bytes.len().min(DAMAGED_TEXT_BYTES)];
+    let text = String::from_utf8_lossy(kept);
+    let raw_hex = std::str::from_utf8(kept)
+        .is_err()
+        .then(|| hex::encode(kept));
+    Record {
+        index: Index::Quarantine,
+        id: sha256_hex.to_string(),
+        body: to_json(&DamagedBody {
             msg_class: QUARANTINE_CLASS,
             msg_origin: MSG_ORIGIN,
             tenant_name: origin.tenant,
@@ -165,7 +248,10 @@ pub fn quarantine_record(
             domain: origin.domain,
             event_type: event_type.as_str(),
             reason,
-            raw,
+            raw_text: &text,
+            raw_hex,
+            raw_bytes: total_len,
+            raw_sha256: sha256_hex,
         }),
         mode: WriteMode::Insert,
     }
@@ -306,6 +392,45 @@ mod tests {
         assert_eq!(v["event_type"], "clickPermitted");
         assert!(v["reason"].as_str().unwrap().contains("not a JSON object"));
         assert_eq!(v["tenant_name"], "acme");
+    }
+
+    #[test]
+    fn damaged_records_keep_the_bytes_their_size_and_hash() {
+        let bytes = b"{\"a\":\"b\x01c\xff\"}";
+        let sha = identity::sha256_hex(bytes);
+        let record = damaged_record(
+            ORIGIN,
+            EventType::MessageBlocked,
+            bytes,
+            bytes.len() as u64,
+            &sha,
+            "the event is not UTF-8 text",
+        );
+        assert_eq!(record.index, Index::Quarantine);
+        assert_eq!(record.id, sha);
+        let v: Value = serde_json::from_str(&record.body).unwrap();
+        assert_eq!(v["msg_class"], QUARANTINE_CLASS);
+        assert_eq!(v["event_type"], "messageBlocked");
+        assert_eq!(v["reason"], "the event is not UTF-8 text");
+        assert_eq!(v["raw_text"], "{\"a\":\"b\u{1}c\u{fffd}\"}");
+        assert_eq!(hex::decode(v["raw_hex"].as_str().unwrap()).unwrap(), bytes);
+        assert_eq!(v["raw_bytes"], bytes.len());
+        assert_eq!(v["raw_sha256"], sha.as_str());
+
+        // Only a prefix of a huge event is kept; valid text has no hex copy.
+        let big = "x".repeat(DAMAGED_TEXT_BYTES * 2);
+        let record = damaged_record(
+            ORIGIN,
+            EventType::ClickBlocked,
+            big.as_bytes(),
+            1 << 30,
+            "ab",
+            "too large",
+        );
+        let v: Value = serde_json::from_str(&record.body).unwrap();
+        assert_eq!(v["raw_text"].as_str().unwrap().len(), DAMAGED_TEXT_BYTES);
+        assert!(v.get("raw_hex").is_none());
+        assert_eq!(v["raw_bytes"], 1u64 << 30);
     }
 
     #[test]

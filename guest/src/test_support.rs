@@ -9,7 +9,8 @@ use time::{Duration, OffsetDateTime};
 use crate::config::Config;
 use crate::parse::{parse_event_time, EventType};
 use crate::platform::{
-    Batch, CommitOutcome, Http, HttpResponse, Index, LogLevel, Platform, TransportError, WriteMode,
+    Batch, BodyReader, CommitOutcome, Http, HttpResponse, Index, LogLevel, Platform,
+    StreamingResponse, TransportError, WriteMode,
 };
 use crate::windows::api_time;
 
@@ -47,6 +48,8 @@ pub fn config(extra: serde_json::Value) -> Config {
 #[derive(Debug, Clone)]
 pub struct CommitLog {
     pub records: usize,
+    /// Bytes of records as the host counts them (bodies and ids).
+    pub bytes: usize,
     pub state: Vec<(String, Option<Vec<u8>>)>,
 }
 
@@ -68,6 +71,11 @@ pub struct FakePlatform {
     pub budget_limit: Option<u32>,
     /// UNIX time the fake reports for retrying when the budget is empty.
     pub budget_retry_at: u64,
+    /// Pauses asked for.
+    pub sleeps: Vec<std::time::Duration>,
+    /// The host's batch limits, enforced like the host does.
+    pub max_batch_records: usize,
+    pub max_batch_bytes: usize,
 }
 
 impl FakePlatform {
@@ -84,6 +92,9 @@ impl FakePlatform {
             budget_taken: BTreeMap::new(),
             budget_limit: None,
             budget_retry_at: 0,
+            sleeps: Vec::new(),
+            max_batch_records: 20_000,
+            max_batch_bytes: 64 << 20,
         }
     }
 
@@ -139,6 +150,17 @@ impl Platform for FakePlatform {
         if self.fail_commit == Some(attempt) {
             return Err("disk full".into());
         }
+        let bytes: usize = batch
+            .records
+            .iter()
+            .map(|r| r.body.len() + r.id.len())
+            .sum();
+        if batch.records.len() > self.max_batch_records || bytes > self.max_batch_bytes {
+            return Err(format!(
+                "the batch has {} records of {bytes} bytes: over the limits",
+                batch.records.len()
+            ));
+        }
         let mut outcome = CommitOutcome::default();
         for r in &batch.records {
             let body: serde_json::Value =
@@ -160,6 +182,7 @@ impl Platform for FakePlatform {
         }
         self.commits.push(CommitLog {
             records: batch.records.len(),
+            bytes,
             state: batch.state,
         });
         Ok(outcome)
@@ -189,6 +212,10 @@ impl Platform for FakePlatform {
         *taken += 1;
         Ok(limit - *taken)
     }
+
+    fn sleep(&mut self, duration: std::time::Duration) {
+        self.sleeps.push(duration);
+    }
 }
 
 /// One event the fake API knows, visible once the API's clock reaches
@@ -214,6 +241,51 @@ pub struct FakeTap {
     pub scripted: VecDeque<(String, Result<HttpResponse, TransportError>)>,
     /// Every path requested.
     pub requests: Vec<String>,
+    /// How SIEM bodies go wrong, used in order for requests whose path
+    /// starts with the prefix (after `scripted`).
+    pub mangle: VecDeque<(String, Mangle)>,
+    /// Bytes per body chunk.
+    pub chunk_size: usize,
+    /// Whether responses announce their `Content-Length`.
+    pub content_length: bool,
+}
+
+/// A body that goes wrong on the way.
+#[derive(Debug, Clone)]
+pub enum Mangle {
+    /// Only the first `at` bytes arrive; then the body ends (`None`) or
+    /// reading fails.
+    Cut {
+        at: usize,
+        error: Option<TransportError>,
+    },
+    /// A byte is inserted at `at`.
+    Insert { at: usize, byte: u8 },
+    /// The body is replaced by a function of it.
+    With(fn(&[u8]) -> Vec<u8>),
+}
+
+/// A body handed out in chunks, failing at its end if `error` is set.
+pub struct FakeBody {
+    bytes: Vec<u8>,
+    pos: usize,
+    chunk: usize,
+    error: Option<TransportError>,
+}
+
+impl BodyReader for FakeBody {
+    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+        if self.pos >= self.bytes.len() {
+            return match self.error.take() {
+                Some(e) => Err(e),
+                None => Ok(None),
+            };
+        }
+        let end = (self.pos + self.chunk).min(self.bytes.len());
+        let chunk = self.bytes[self.pos..end].to_vec();
+        self.pos = end;
+        Ok(Some(chunk))
+    }
 }
 
 pub fn response(status: u16, body: &str) -> HttpResponse {
@@ -233,6 +305,9 @@ impl FakeTap {
             threat_status: BTreeMap::new(),
             scripted: VecDeque::new(),
             requests: Vec::new(),
+            mangle: VecDeque::new(),
+            chunk_size: 1000,
+            content_length: true,
         }
     }
 
@@ -318,9 +393,8 @@ impl FakeTap {
     }
 }
 
-impl Http for FakeTap {
-    fn get(&mut self, path_and_query: &str) -> Result<HttpResponse, TransportError> {
-        self.requests.push(path_and_query.to_string());
+impl FakeTap {
+    fn answer(&mut self, path_and_query: &str) -> Result<HttpResponse, TransportError> {
         if let Some(i) = self
             .scripted
             .iter()
@@ -353,5 +427,42 @@ impl Http for FakeTap {
                 None => Ok(response(404, "")),
             },
         }
+    }
+}
+
+impl Http for FakeTap {
+    fn get_streaming(&mut self, path_and_query: &str) -> Result<StreamingResponse, TransportError> {
+        self.requests.push(path_and_query.to_string());
+        let mut answer = self.answer(path_and_query)?;
+        if self.content_length {
+            answer
+                .headers
+                .push(("content-length".into(), answer.body.len().to_string()));
+        }
+        let mut error = None;
+        if let Some(i) = self
+            .mangle
+            .iter()
+            .position(|(prefix, _)| path_and_query.starts_with(prefix.as_str()))
+        {
+            match self.mangle.remove(i).unwrap().1 {
+                Mangle::Cut { at, error: e } => {
+                    answer.body.truncate(at);
+                    error = e;
+                }
+                Mangle::Insert { at, byte } => answer.body.insert(at, byte),
+                Mangle::With(f) => answer.body = f(&answer.body),
+            }
+        }
+        Ok(StreamingResponse {
+            status: answer.status,
+            headers: answer.headers,
+            body: Box::new(FakeBody {
+                bytes: answer.body,
+                pos: 0,
+                chunk: self.chunk_size,
+                error,
+            }),
+        })
     }
 }

@@ -7,7 +7,7 @@ use time::{Duration, OffsetDateTime};
 use crate::parse::EventType;
 use crate::platform::{ConnectorError, HttpFailure, Index, LogLevel, TransportError};
 use crate::record::{EVENT_CLASS, GAP_CLASS, QUARANTINE_CLASS, THREAT_CLASS};
-use crate::test_support::{config, response, FakeEvent, FakePlatform, FakeTap};
+use crate::test_support::{config, response, FakeEvent, FakePlatform, FakeTap, Mangle};
 use crate::windows::api_time;
 
 const NOW: OffsetDateTime = datetime!(2024-10-11 14:34:53.250 UTC);
@@ -287,38 +287,152 @@ fn rate_limit_returns_rate_limited_and_keeps_earlier_progress() {
     ));
     let err = run(&cfg, &mut tap, &mut platform).unwrap_err();
     assert_eq!(err, ConnectorError::RateLimited(3600));
-    assert_eq!(platform.commits.len(), 2);
+    // Two windows, then the backoff alone: the checkpoint stays.
+    assert_eq!(platform.commits.len(), 3);
+    assert_eq!(platform.commits[2].records, 0);
+    assert!(checkpoint_of(&platform.commits[2].state).is_none());
     assert_eq!(
         platform.checkpoint(),
         Some(datetime!(2024-10-11 13:04:53 UTC))
     );
-
-    // Without Retry-After: 900 s.
-    let mut tap = FakeTap::new(NOW);
-    tap.scripted
-        .push_back(("/v2/siem/all".into(), Ok(response(429, ""))));
-    let mut platform = FakePlatform::new(NOW);
-    assert_eq!(
-        run(&cfg, &mut tap, &mut platform).unwrap_err(),
-        ConnectorError::RateLimited(900)
+    assert!(platform.logged(LogLevel::Warn, "as its Retry-After says"));
+    assert!(
+        platform.sleeps.is_empty(),
+        "a 429 is not retried within the run"
     );
 }
 
 #[test]
-fn server_errors_and_timeouts_are_transient() {
+fn a_429_backs_off_exponentially_in_state_without_sending() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut tap = busy_api(2);
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::hours(1));
+    let cp = platform.checkpoint();
+    let backoff = |p: &FakePlatform| -> Value {
+        serde_json::from_slice(p.state.get("rate_limit").expect("backoff stored")).unwrap()
+    };
+
+    // No Retry-After (Proofpoint sends none): 5 min less up to a fifth.
+    tap.scripted
+        .push_back(("/v2/siem/all".into(), Ok(response(429, ""))));
+    let wait = match run(&cfg, &mut tap, &mut platform).unwrap_err() {
+        ConnectorError::RateLimited(w) => w,
+        other => panic!("{other:?}"),
+    };
+    assert!((240..=300).contains(&wait), "{wait}");
+    assert_eq!(backoff(&platform)["strikes"], 1);
+    assert_eq!(
+        backoff(&platform)["until"],
+        NOW.unix_timestamp() + i64::from(wait)
+    );
+    assert_eq!(platform.checkpoint(), cp);
+
+    // Before the backoff ends: rate limited, nothing sent, nothing taken.
+    let sent = tap.requests.len();
+    let taken = platform.budget_taken["siem"];
+    platform.now = NOW + Duration::seconds(100);
+    assert_eq!(
+        run(&cfg, &mut tap, &mut platform).unwrap_err(),
+        ConnectorError::RateLimited(wait - 100)
+    );
+    assert_eq!(tap.requests.len(), sent);
+    assert_eq!(platform.budget_taken["siem"], taken);
+    // test-connection respects it too.
+    assert!(matches!(
+        crate::test_connection(&cfg, &mut tap, &mut platform),
+        Err(ConnectorError::RateLimited(_))
+    ));
+    assert_eq!(tap.requests.len(), sent);
+
+    // After it: another 429 doubles the wait.
+    let later = NOW + Duration::seconds(i64::from(wait));
+    platform.now = later;
+    tap.now = later;
+    tap.scripted
+        .push_back(("/v2/siem/all".into(), Ok(response(429, ""))));
+    let wait = match run(&cfg, &mut tap, &mut platform).unwrap_err() {
+        ConnectorError::RateLimited(w) => w,
+        other => panic!("{other:?}"),
+    };
+    assert!((480..=600).contains(&wait), "{wait}");
+    assert_eq!(backoff(&platform)["strikes"], 2);
+    assert_eq!(platform.checkpoint(), cp);
+
+    // Then the API answers: the window lands and the backoff is cleared
+    // in the same commit as the checkpoint.
+    let later = later + Duration::seconds(i64::from(wait));
+    platform.now = later;
+    tap.now = later;
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert!(summary["windows"].as_u64().unwrap() >= 1);
+    assert!(!platform.state.contains_key("rate_limit"));
+    let clearing = platform
+        .commits
+        .iter()
+        .find(|c| {
+            c.state
+                .iter()
+                .any(|(k, v)| k == "rate_limit" && v.is_none())
+        })
+        .expect("a commit clears the backoff");
+    assert!(checkpoint_of(&clearing.state).is_some());
+}
+
+#[test]
+fn server_errors_and_timeouts_are_retried_then_transient() {
     let cfg = config(serde_json::json!({}));
     for answer in [
         Ok(response(503, "busy")),
         Err(TransportError::Timeout("first byte".into())),
+        Err(TransportError::Failed("connection reset".into())),
     ] {
         let mut tap = FakeTap::new(NOW);
-        tap.scripted.push_back(("/v2/siem/all".into(), answer));
+        for _ in 0..crate::collect::MAX_ATTEMPTS {
+            tap.scripted
+                .push_back(("/v2/siem/all".into(), answer.clone()));
+        }
         let mut platform = FakePlatform::new(NOW);
         platform.set_checkpoint(NOW - Duration::minutes(10));
         let err = run(&cfg, &mut tap, &mut platform).unwrap_err();
-        assert!(matches!(err, ConnectorError::Transient(_)), "{err:?}");
+        assert!(
+            matches!(&err, ConnectorError::Transient(m) if m.contains("3 attempts") && m.contains("checkpoint stays")),
+            "{err:?}"
+        );
         assert!(platform.commits.is_empty());
+        assert_eq!(tap.siem_paths().len(), 3);
+        assert_eq!(
+            platform.budget_taken["siem"], 3,
+            "every attempt is budgeted"
+        );
+        assert_eq!(
+            platform.sleeps,
+            vec![
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(3)
+            ]
+        );
     }
+}
+
+#[test]
+fn a_transient_failure_is_retried_within_the_run() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut tap = busy_api(3);
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::hours(2));
+    tap.scripted
+        .push_back(("/v2/siem/all".into(), Ok(response(500, "oops"))));
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["retries"], 1);
+    assert_eq!(summary["windows"], 3);
+    assert_eq!(summary["requests"], 4);
+    assert_eq!(platform.sleeps.len(), 1);
+    assert!(platform.logged(LogLevel::Warn, "asking again in 1 s"));
+    assert_eq!(
+        platform.checkpoint(),
+        Some(datetime!(2024-10-11 14:33:53 UTC))
+    );
 }
 
 #[test]
@@ -328,10 +442,13 @@ fn invalid_body_is_transient_and_the_checkpoint_stays() {
         "<html>Service Unavailable</html>",
         "{\"messagesBlocked\": 3}",
         "{}",
+        "{\"queryEndTime\":\"2024-10-11T14:33:53Z\",\"messagesBlocked\":[{}",
     ] {
         let mut tap = FakeTap::new(NOW);
-        tap.scripted
-            .push_back(("/v2/siem/all".into(), Ok(response(200, body))));
+        for _ in 0..crate::collect::MAX_ATTEMPTS {
+            tap.scripted
+                .push_back(("/v2/siem/all".into(), Ok(response(200, body))));
+        }
         let mut platform = FakePlatform::new(NOW);
         let cp = NOW - Duration::minutes(10);
         platform.set_checkpoint(cp);
@@ -366,7 +483,11 @@ fn old_checkpoint_is_clamped_and_the_gap_recorded() {
         .filter(|b| b["msg_class"] == GAP_CLASS)
         .collect();
     assert_eq!(gaps.len(), 1);
-    assert_eq!(gaps[0]["gap_start"], cp.unix_timestamp() * 1000);
+    // From a look-back before the checkpoint: late events there were due.
+    assert_eq!(
+        gaps[0]["gap_start"],
+        (cp - Duration::minutes(30)).unix_timestamp() * 1000
+    );
     assert_eq!(gaps[0]["gap_end"], earliest.unix_timestamp() * 1000);
     assert_eq!(gaps[0]["tenant_name"], "acme");
     assert_eq!(gaps[0]["connector"], "tap1");
@@ -456,7 +577,10 @@ fn a_bad_event_is_quarantined_and_the_rest_of_the_window_lands() {
 
 #[test]
 fn large_windows_commit_in_chunks_with_the_checkpoint_last() {
-    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let cfg = config(serde_json::json!({
+        "content_types": ["events"],
+        "limits": {"max_batch_records": 5000}
+    }));
     let mut tap = FakeTap::new(NOW);
     let t = NOW - Duration::minutes(5);
     for n in 0..12_001 {
@@ -468,44 +592,367 @@ fn large_windows_commit_in_chunks_with_the_checkpoint_last() {
     assert_eq!(summary["written"], 12_001);
     let sizes: Vec<_> = platform.commits.iter().map(|c| c.records).collect();
     assert_eq!(sizes, vec![5000, 5000, 2001]);
-    assert!(platform.commits[0].state.is_empty());
+    // The first batch marks the window as in progress; only the last moves
+    // the checkpoint, and clears the mark.
+    let in_progress = |c: &crate::test_support::CommitLog| {
+        c.state
+            .iter()
+            .find(|(k, _)| k == "window_in_progress")
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        in_progress(&platform.commits[0]),
+        Some(Some(b"1728654893-1728657233".to_vec()))
+    );
+    assert!(checkpoint_of(&platform.commits[0].state).is_none());
     assert!(platform.commits[1].state.is_empty());
     assert!(checkpoint_of(&platform.commits[2].state).is_some());
+    assert_eq!(in_progress(&platform.commits[2]), Some(None));
+    assert!(!platform.state.contains_key("window_in_progress"));
 }
 
 #[test]
-fn oversized_response_is_asked_for_in_halves() {
+fn a_run_stopped_inside_a_window_makes_the_next_ask_for_halves() {
     let cfg = config(serde_json::json!({"content_types": ["events"]}));
-    let mut tap = FakeTap::new(NOW);
-    tap.add_event(
-        EventType::ClickPermitted,
-        NOW - Duration::minutes(40),
-        1,
-        "t",
-    );
-    tap.add_event(
-        EventType::ClickPermitted,
-        NOW - Duration::minutes(5),
-        2,
-        "t",
-    );
-    tap.scripted.push_back((
-        "/v2/siem/all".into(),
-        Err(TransportError::BodyTooLarge { limit: 1 }),
-    ));
+    let mut tap = busy_api(3);
     let mut platform = FakePlatform::new(NOW);
-    platform.set_checkpoint(NOW - Duration::minutes(30));
+    platform.set_checkpoint(NOW - Duration::hours(2));
+    // What a run killed by a sandbox limit inside this window leaves.
+    platform.state.insert(
+        "window_in_progress".into(),
+        b"1728648293-1728651893".to_vec(),
+    );
     let summary = run(&cfg, &mut tap, &mut platform).unwrap();
     let paths = tap.siem_paths();
-    assert_eq!(paths.len(), 3);
-    assert!(paths[1].ends_with("/2024-10-11T14:04:23Z"), "{}", paths[1]);
-    assert!(
-        paths[2].contains("interval=2024-10-11T14:04:23Z/"),
-        "{}",
-        paths[2]
+    assert_eq!(
+        paths[0].as_str(),
+        "/v2/siem/all?format=json&interval=2024-10-11T12:04:53Z/2024-10-11T12:34:53Z"
     );
-    assert_eq!(summary["windows"], 2);
-    assert_eq!(summary["written"], 2);
+    assert_eq!(summary["windows"], 5, "{paths:?}");
+    assert!(platform.logged(LogLevel::Warn, "stopped inside the window"));
+    // Cleared with the window that took the checkpoint past it.
+    assert!(!platform.state.contains_key("window_in_progress"));
+    let cleared = platform
+        .commits
+        .iter()
+        .position(|c| {
+            c.state
+                .iter()
+                .any(|(k, v)| k == "window_in_progress" && v.is_none())
+        })
+        .unwrap();
+    assert_eq!(
+        checkpoint_of(&platform.commits[cleared].state),
+        Some(datetime!(2024-10-11 13:04:53 UTC))
+    );
+
+    // The next run is back to hour-long windows.
+    tap.requests.clear();
+    let later = NOW + Duration::hours(2);
+    tap.now = later;
+    platform.now = later;
+    run(&cfg, &mut tap, &mut platform).unwrap();
+    assert!(
+        tap.siem_paths()[0].ends_with("/2024-10-11T15:03:53Z"),
+        "{:?}",
+        tap.siem_paths()
+    );
+}
+
+#[test]
+fn batches_stay_within_the_byte_limit_sized_from_memory() {
+    // 16 MiB of memory: batches of at most 2 MiB, whatever the host allows.
+    let cfg = config(serde_json::json!({
+        "content_types": ["events"],
+        "limits": {"memory_mib": 16, "max_batch_mib": 64, "max_batch_records": 100000}
+    }));
+    assert_eq!(cfg.limits.batch_bytes(), 2 << 20);
+    let mut tap = FakeTap::new(NOW);
+    tap.chunk_size = 4096;
+    let t = NOW - Duration::minutes(5);
+    for n in 0..20_000 {
+        tap.add_event(EventType::ClickPermitted, t, n, "t");
+    }
+    let mut platform = FakePlatform::new(NOW);
+    platform.max_batch_bytes = 2 << 20;
+    platform.set_checkpoint(NOW - Duration::minutes(10));
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["written"], 20_000);
+    assert!(platform.commits.len() >= 3, "{}", platform.commits.len());
+    let (last, rest) = platform.commits.split_last().unwrap();
+    for c in rest {
+        assert!(c.bytes <= 2 << 20);
+        assert!(
+            checkpoint_of(&c.state).is_none(),
+            "only the last batch moves the checkpoint"
+        );
+    }
+    assert!(checkpoint_of(&last.state).is_some());
+}
+
+#[test]
+fn chunk_boundaries_do_not_matter() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut stored = Vec::new();
+    for chunk in [1, 7, 100_000] {
+        let mut tap = busy_api(3);
+        tap.chunk_size = chunk;
+        let mut platform = FakePlatform::new(NOW);
+        platform.set_checkpoint(NOW - Duration::hours(2));
+        let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+        assert_eq!(summary["retries"], 0);
+        stored.push(platform.stored);
+    }
+    assert!(stored[0].len() > 10);
+    assert_eq!(stored[0], stored[1]);
+    assert_eq!(stored[0], stored[2]);
+}
+
+/// The one window of a run with the checkpoint ten minutes back.
+const TEN_MIN_WINDOW: &str =
+    "/v2/siem/all?format=json&interval=2024-10-11T13:54:53Z/2024-10-11T14:33:53Z";
+
+fn ten_minutes_of_events(n: usize) -> (crate::config::Config, FakeTap, FakePlatform) {
+    let cfg = config(serde_json::json!({
+        "content_types": ["events"],
+        "limits": {"max_batch_records": 100}
+    }));
+    let mut tap = FakeTap::new(NOW);
+    for i in 0..n {
+        tap.add_event(
+            EventType::ALL[i % 4],
+            NOW - Duration::minutes(8) + Duration::milliseconds(i as i64),
+            i,
+            "t",
+        );
+    }
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::minutes(10));
+    (cfg, tap, platform)
+}
+
+#[test]
+fn a_body_cut_off_is_retried_and_committed_batches_are_harmless() {
+    for error in [
+        Some(TransportError::Failed("connection reset".into())),
+        None,
+    ] {
+        for content_length in [true, false] {
+            let (cfg, mut tap, mut platform) = ten_minutes_of_events(1000);
+            tap.content_length = content_length;
+            tap.mangle.push_back((
+                TEN_MIN_WINDOW.into(),
+                Mangle::Cut {
+                    at: 150_000,
+                    error: error.clone(),
+                },
+            ));
+            let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+            assert_eq!(summary["retries"], 1, "{error:?} {content_length}");
+            assert_eq!(summary["events"], 1000);
+            assert_eq!(platform.count(Index::Syslog, EVENT_CLASS), 1000);
+            // The first attempt committed whole batches, without the checkpoint.
+            let first_attempt = platform
+                .commits
+                .iter()
+                .take_while(|c| checkpoint_of(&c.state).is_none())
+                .count();
+            assert!(first_attempt > 0);
+            assert!(summary["duplicates"].as_u64().unwrap() >= 100);
+            assert_eq!(summary["written"], 1000);
+            assert!(platform.logged(LogLevel::Warn, "asking again"));
+        }
+    }
+}
+
+#[test]
+fn a_body_cut_off_every_time_keeps_the_checkpoint() {
+    let (cfg, mut tap, mut platform) = ten_minutes_of_events(1000);
+    let cp = platform.checkpoint();
+    for _ in 0..crate::collect::MAX_ATTEMPTS {
+        tap.mangle.push_back((
+            TEN_MIN_WINDOW.into(),
+            Mangle::Cut {
+                at: 150_000,
+                error: None,
+            },
+        ));
+    }
+    let err = run(&cfg, &mut tap, &mut platform).unwrap_err();
+    assert!(
+        matches!(&err, ConnectorError::Transient(m) if m.contains("cut off") && m.contains("checkpoint stays")),
+        "{err:?}"
+    );
+    assert_eq!(platform.checkpoint(), cp);
+    assert!(platform
+        .commits
+        .iter()
+        .all(|c| checkpoint_of(&c.state).is_none()));
+    // The run ended by itself: the next need not shrink its windows.
+    assert!(!platform.state.contains_key("window_in_progress"));
+    let partial = platform.count(Index::Syslog, EVENT_CLASS);
+    assert!(partial > 0 && partial < 1000, "{partial}");
+
+    // The next run asks again and completes the window.
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(platform.count(Index::Syslog, EVENT_CLASS), 1000);
+    assert_eq!(summary["duplicates"], partial);
+    assert!(platform.checkpoint() > cp);
+}
+
+/// What tap-sim's `malformed` fault does half of the time: the body is cut
+/// in the middle and closed with a stray byte and garbage that balances
+/// the brackets, so it looks complete.
+fn cut_and_close(body: &[u8]) -> Vec<u8> {
+    let mut out = body[..body.len() / 2].to_vec();
+    out.push(0x01);
+    out.extend_from_slice(b"garbage\"}]}");
+    out
+}
+
+#[test]
+fn a_damaged_body_that_looks_complete_is_asked_for_again() {
+    for mangle in [
+        Mangle::With(cut_and_close),
+        Mangle::Insert {
+            at: 100_000,
+            byte: 0xff,
+        },
+        Mangle::Insert {
+            at: 100_001,
+            byte: 0x00,
+        },
+    ] {
+        let (cfg, mut tap, mut platform) = ten_minutes_of_events(1000);
+        tap.content_length = false;
+        tap.mangle
+            .push_back((TEN_MIN_WINDOW.into(), mangle.clone()));
+        let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+        assert_eq!(summary["retries"], 1, "{mangle:?}");
+        assert_eq!(summary["quarantined"], 0, "{mangle:?}");
+        assert_eq!(platform.count(Index::Syslog, EVENT_CLASS), 1000);
+        assert!(platform.bodies(Index::Quarantine).is_empty());
+    }
+}
+
+#[test]
+fn an_event_the_api_sends_damaged_every_time_is_quarantined_and_the_rest_lands() {
+    let (cfg, mut tap, mut platform) = ten_minutes_of_events(500);
+    let t = NOW - Duration::minutes(6);
+    // A raw control character inside a string: not JSON.
+    let damaged = "{\"GUID\":\"d\",\"id\":\"d\",\"messageTime\":\"2024-10-11T14:28:53Z\",\"subject\":\"a\u{1}b\"}";
+    tap.events.push(FakeEvent {
+        event_type: EventType::MessageDelivered,
+        time: t,
+        visible_from: t,
+        raw: damaged.into(),
+    });
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    // Asked twice: the second answer had the same bytes.
+    assert_eq!(tap.siem_paths().len(), 2);
+    assert_eq!(summary["retries"], 1);
+    assert_eq!(summary["events"], 501);
+    assert_eq!(summary["quarantined"], 1);
+    assert_eq!(platform.count(Index::Syslog, EVENT_CLASS), 500);
+    let q = platform.bodies(Index::Quarantine);
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0]["msg_class"], QUARANTINE_CLASS);
+    assert_eq!(q[0]["event_type"], "messageDelivered");
+    assert_eq!(q[0]["raw_text"], damaged);
+    assert!(q[0]["reason"].as_str().unwrap().contains("not valid JSON"));
+    assert_eq!(
+        q[0]["raw_sha256"],
+        crate::identity::sha256_hex(damaged.as_bytes())
+    );
+
+    // A later run re-reads it in the look-back: already quarantined, so
+    // believed at once (one request, no retry).
+    let later = NOW + Duration::minutes(5);
+    tap.now = later;
+    platform.now = later;
+    tap.requests.clear();
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(tap.siem_paths().len(), 1);
+    assert_eq!(summary["retries"], 0);
+    assert_eq!(platform.bodies(Index::Quarantine).len(), 1);
+}
+
+#[test]
+fn an_oversized_event_is_quarantined_with_its_size_and_the_rest_lands() {
+    let (_, mut tap, mut platform) = ten_minutes_of_events(200);
+    let cfg = config(serde_json::json!({
+        "content_types": ["events"],
+        "limits": {"memory_mib": 16}
+    }));
+    let max = cfg.limits.max_event_bytes();
+    let t = NOW - Duration::minutes(6);
+    let big = format!(
+        "{{\"GUID\":\"big\",\"id\":\"big\",\"messageTime\":\"2024-10-11T14:28:53Z\",\"subject\":\"{}\"}}",
+        "x".repeat(max + 10)
+    );
+    tap.events.push(FakeEvent {
+        event_type: EventType::MessageBlocked,
+        time: t,
+        visible_from: t,
+        raw: big.clone(),
+    });
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["retries"], 0);
+    assert_eq!(summary["quarantined"], 1);
+    assert_eq!(platform.count(Index::Syslog, EVENT_CLASS), 200);
+    let q = platform.bodies(Index::Quarantine);
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0]["raw_bytes"], big.len());
+    assert_eq!(
+        q[0]["raw_sha256"],
+        crate::identity::sha256_hex(big.as_bytes())
+    );
+    assert!(big.starts_with(q[0]["raw_text"].as_str().unwrap()));
+    assert!(q[0]["reason"].as_str().unwrap().contains("bytes"));
+}
+
+#[test]
+fn an_answer_ending_early_moves_the_checkpoint_only_that_far() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut tap = busy_api(3);
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::hours(2));
+    tap.content_length = false;
+    tap.mangle.push_back((
+        "/v2/siem/all?format=json&interval=2024-10-11T12:04:53Z/2024-10-11T13:04:53Z".into(),
+        Mangle::With(|b| {
+            String::from_utf8_lossy(b)
+                .replace(
+                    "\"queryEndTime\":\"2024-10-11T13:04:53Z\"",
+                    "\"queryEndTime\":\"2024-10-11T12:40:00Z\"",
+                )
+                .into_bytes()
+        }),
+    ));
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["windows"], 1);
+    assert_eq!(summary["stopped_early"], "answer ended early");
+    assert_eq!(
+        platform.checkpoint(),
+        Some(datetime!(2024-10-11 12:40:00 UTC))
+    );
+}
+
+#[test]
+fn the_configured_quota_is_the_budget() {
+    let cfg = config(serde_json::json!({
+        "content_types": ["events"], "siem_requests_per_day": 30, "interval_min": 1440
+    }));
+    let mut tap = busy_api(6);
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::hours(5));
+    platform.budget_taken.insert("siem".into(), 27);
+    platform.budget_retry_at = (NOW + Duration::hours(20)).unix_timestamp() as u64;
+    let err = run(&cfg, &mut tap, &mut platform).unwrap_err();
+    assert_eq!(err, ConnectorError::RateLimited(20 * 3600));
+    assert_eq!(tap.siem_paths().len(), 3);
+    assert!(platform.logged(LogLevel::Warn, "the 30 SIEM requests a day"));
+    assert!(platform.logged(LogLevel::Warn, "resumes at 2024-10-12T10:34:53Z"));
 }
 
 #[test]

@@ -73,7 +73,10 @@ pub struct Plan {
     /// The earliest start the API still accepts, with margin.
     pub earliest: OffsetDateTime,
     pub windows: Vec<Window>,
-    /// Set when the checkpoint is older than the API's history.
+    /// Set when the span this run should re-read (from a look-back before
+    /// the checkpoint) reaches past the API's history: events filed there
+    /// and not collected before (late-indexed ones, or all of them behind
+    /// an old checkpoint) are lost.
     pub gap: Option<Gap>,
 }
 
@@ -96,12 +99,14 @@ pub fn plan(now: OffsetDateTime, checkpoint: Option<OffsetDateTime>, s: &PlanSet
         // First run: an initial look-back of 7 d would be just over the limit.
         None => ((now - s.initial_lookback).max(earliest), None),
         Some(cp) => {
-            let cp = truncate_to_second(cp);
-            let gap = (cp < earliest).then_some(Gap {
-                start: cp,
+            // The look-back before the checkpoint is part of what is due:
+            // events there may have been indexed after it was last read.
+            let wanted = truncate_to_second(cp) - s.lookback;
+            let gap = (wanted < earliest).then_some(Gap {
+                start: wanted,
                 end: earliest,
             });
-            ((cp - s.lookback).max(earliest), gap)
+            (wanted.max(earliest), gap)
         }
     };
     Plan {
@@ -267,10 +272,11 @@ mod tests {
         let earliest = datetime!(2024-10-04 14:15:00 UTC);
         assert_eq!(p.earliest, earliest);
         assert_eq!(p.start, earliest);
+        // From a look-back before the checkpoint: late events there were due.
         assert_eq!(
             p.gap,
             Some(Gap {
-                start: cp,
+                start: cp - Duration::minutes(30),
                 end: earliest
             })
         );
@@ -280,11 +286,23 @@ mod tests {
     }
 
     #[test]
-    fn checkpoint_just_inside_history_clamps_lookback_only() {
+    fn checkpoint_just_inside_history_clamps_lookback_with_a_gap() {
         let now = datetime!(2024-10-11 14:00:00 UTC);
         let cp = datetime!(2024-10-04 14:20:00 UTC);
         let p = plan(now, Some(cp), &settings());
         assert_eq!(p.start, p.earliest);
+        // Only the part of the look-back the API no longer answers for.
+        assert_eq!(
+            p.gap,
+            Some(Gap {
+                start: datetime!(2024-10-04 13:50:00 UTC),
+                end: p.earliest
+            })
+        );
+        // A look-back that fits: no gap.
+        let cp = datetime!(2024-10-04 14:45:00 UTC);
+        let p = plan(now, Some(cp), &settings());
+        assert_eq!(p.start, datetime!(2024-10-04 14:15:00 UTC));
         assert_eq!(p.gap, None);
     }
 }

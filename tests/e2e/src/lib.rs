@@ -307,3 +307,173 @@ pub fn fixture_sim_args() -> (Vec<String>, usize) {
     }
     (args, events)
 }
+
+/// A simulated clock: one file read by both `tap-sim --clock-file` and
+/// dphost's `[host] clock_file`, so simulated days pass in seconds.
+pub struct SimClock {
+    path: PathBuf,
+    now: time::OffsetDateTime,
+}
+
+impl SimClock {
+    /// A clock file in `dir` reading `start`.
+    pub fn new(dir: &Path, start: time::OffsetDateTime) -> Result<SimClock> {
+        let mut clock = SimClock {
+            path: dir.join("now"),
+            now: start,
+        };
+        clock.set(start)?;
+        Ok(clock)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn now(&self) -> time::OffsetDateTime {
+        self.now
+    }
+
+    /// Move the clock to `t`, atomically (temporary file, then rename), so
+    /// a reader never sees half a line.
+    pub fn set(&mut self, t: time::OffsetDateTime) -> Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{}\n", rfc3339(t)))?;
+        std::fs::rename(&tmp, &self.path)?;
+        self.now = t;
+        Ok(())
+    }
+
+    pub fn advance(&mut self, by: time::Duration) -> Result<()> {
+        self.set(self.now + by)
+    }
+}
+
+/// `2026-11-20T10:00:00Z` (whole seconds).
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.replace_nanosecond(0)
+        .expect("0 ns is valid")
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("UTC times format")
+}
+
+/// Parse an RFC 3339 time.
+pub fn parse_rfc3339(text: &str) -> Result<time::OffsetDateTime> {
+    Ok(time::OffsetDateTime::parse(
+        text,
+        &time::format_description::well_known::Rfc3339,
+    )?)
+}
+
+impl Sim {
+    /// `/_sim/stats`.
+    pub fn stats(&self) -> Result<Value> {
+        Ok(serde_json::from_str(&self.get("/_sim/stats")?)?)
+    }
+
+    /// `/_sim/truth` with filed-time bounds `[from, to)` (RFC 3339), as
+    /// (event_type, event) pairs.
+    pub fn truth_between(
+        &self,
+        from: Option<&str>,
+        to: Option<&str>,
+    ) -> Result<Vec<(String, Value)>> {
+        let mut query = Vec::new();
+        if let Some(from) = from {
+            query.push(format!("from={from}"));
+        }
+        if let Some(to) = to {
+            query.push(format!("to={to}"));
+        }
+        let body = self.get(&format!("/_sim/truth?{}", query.join("&")))?;
+        body.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: Value = serde_json::from_str(l)?;
+                let array = v["type"].as_str().context("truth line without type")?;
+                Ok((event_type_of(array).to_string(), v["event"].clone()))
+            })
+            .collect()
+    }
+
+    /// How many events `/_sim/truth` holds now (filed before `to`, if
+    /// given), counted as they stream.
+    pub fn truth_count(&self, to: Option<&str>) -> Result<usize> {
+        let query = to.map(|t| format!("?to={t}")).unwrap_or_default();
+        let resp = reqwest::blocking::get(format!("{}/_sim/truth{query}", self.url))?;
+        if !resp.status().is_success() {
+            bail!("GET /_sim/truth: {}", resp.status());
+        }
+        let mut count = 0;
+        for line in BufReader::new(resp).lines() {
+            if !line?.trim().is_empty() {
+                count += 1;
+            }
+        }
+        Ok(count)
+    }
+}
+
+/// What `dphost once` said about one connector.
+#[derive(Debug, Clone)]
+pub struct OnceReport {
+    pub ok: bool,
+    /// The whole output, for assertion messages.
+    pub text: String,
+    pub new_records: u64,
+    pub already_stored: u64,
+    pub requests: u64,
+    pub peak_memory_mib: Option<f64>,
+    /// The wait a rate-limited run asked for, in seconds.
+    pub rate_limited_secs: Option<u64>,
+}
+
+impl Workspace {
+    /// Writes `dphost.toml` with extra `[host]` keys (e.g. `clock_file`).
+    pub fn write_config_with_host(&self, host_extra: &str, connectors: &str) -> Result<()> {
+        let text = format!(
+            "[host]\ndata_dir = \"data\"\ncomponents_dir = \"components\"\n{host_extra}\n\n{connectors}"
+        );
+        std::fs::write(self.config_path(), text)?;
+        Ok(())
+    }
+
+    /// `dphost once` for a workspace with one connector, read back.
+    pub fn once(&self) -> Result<OnceReport> {
+        let out = self.dphost(&["once"])?;
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let report_text = text(&out);
+        let number_before = |needle: &str| -> Option<u64> {
+            let at = stdout.find(needle)?;
+            stdout[..at]
+                .rsplit(|c: char| !c.is_ascii_digit())
+                .next()
+                .and_then(|n| n.parse().ok())
+        };
+        let peak_memory_mib = stdout.find("peak memory ").and_then(|at| {
+            stdout[at + "peak memory ".len()..]
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse().ok())
+        });
+        let rate_limited_secs = if stdout.contains("FAILED (rate-limited)") {
+            stdout.find("retries by itself in ").and_then(|at| {
+                stdout[at + "retries by itself in ".len()..]
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok())
+            })
+        } else {
+            None
+        };
+        Ok(OnceReport {
+            ok: out.status.success(),
+            new_records: number_before(" new record(s)").unwrap_or(0),
+            already_stored: number_before(" already stored").unwrap_or(0),
+            requests: number_before(" request(s)").unwrap_or(0),
+            peak_memory_mib,
+            rate_limited_secs,
+            text: report_text,
+        })
+    }
+}
