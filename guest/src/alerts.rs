@@ -168,6 +168,34 @@ impl AlertBook {
 
     /// Count `event` into its alert, creating the alert when none holds it.
     pub fn observe(&mut self, event: &ObservedEvent<'_>, cfg: &AlertConfig) -> AlertChange {
+        self.observe_with(event, cfg, true)
+    }
+
+    /// `observe` without building the body of a kept alert (it is `null` in
+    /// the change): a caller counting many events builds each changed
+    /// alert's body once, from `alert(id)`, at the end. Sender-less alerts,
+    /// which the book does not keep, still come with their body.
+    pub fn observe_deferred(
+        &mut self,
+        event: &ObservedEvent<'_>,
+        cfg: &AlertConfig,
+    ) -> AlertChange {
+        self.observe_with(event, cfg, false)
+    }
+
+    fn observe_with(
+        &mut self,
+        event: &ObservedEvent<'_>,
+        cfg: &AlertConfig,
+        with_body: bool,
+    ) -> AlertChange {
+        let body_of = |alert: &Alert| {
+            if with_body {
+                alert.to_json()
+            } else {
+                Value::Null
+            }
+        };
         let facts = EventFacts::from_normalised(event.normalised);
         let sender = match &facts.sender {
             Some(sender) => sender.clone(),
@@ -201,19 +229,45 @@ impl AlertBook {
                 alert.absorb(event, &facts);
                 AlertChange::Updated {
                     id: alert.id.clone(),
-                    body: alert.to_json(),
+                    body: body_of(alert),
                 }
             }
             None => {
                 let alert = Alert::open(event, &facts, cfg, None);
                 let change = AlertChange::Created {
                     id: alert.id.clone(),
-                    body: alert.to_json(),
+                    body: body_of(&alert),
                 };
                 slot.push(alert);
                 slot.sort_by_key(|alert| alert.first_seen);
                 change
             }
+        }
+    }
+
+    /// The slot (alert type, tenant, sender) `event` counts into, or `None`
+    /// for an event without a sender that is never merged. Slots are the
+    /// unit of durable state: a connector loads and stores only the slots a
+    /// batch touches, so the state stays small however many senders a
+    /// tenant sees.
+    pub fn slot_of(event: &ObservedEvent<'_>, cfg: &AlertConfig) -> Option<String> {
+        let sender = match EventFacts::from_normalised(event.normalised).sender {
+            Some(sender) => sender,
+            None if cfg.merge_without_sender => String::new(),
+            None => return None,
+        };
+        Some(slot_key(event.event_type, event.tenant, &sender))
+    }
+
+    /// The alerts kept for `slot` (oldest window first).
+    pub fn slot(&self, slot: &str) -> &[Alert] {
+        self.slots.get(slot).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Puts a slot's stored alerts back into the book.
+    pub fn restore_slot(&mut self, slot: String, alerts: Vec<Alert>) {
+        if !alerts.is_empty() {
+            self.slots.insert(slot, alerts);
         }
     }
 

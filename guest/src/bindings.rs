@@ -123,6 +123,10 @@ impl Platform for HostPlatform {
         sink::contains(to_wit_index(index), ids)
     }
 
+    fn dropped_by_filters(&self, bodies: &[String]) -> Vec<bool> {
+        sink::dropped_by_filters(bodies)
+    }
+
     fn log(&self, level: LogLevel, message: &str) {
         let level = match level {
             LogLevel::Trace => log::Level::Trace,

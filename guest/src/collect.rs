@@ -18,17 +18,24 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
+use crate::alerts::{Alert, AlertBook, AlertChange, AlertConfig, ObservedEvent};
 use crate::api::{self, ApiError, Rejection, TapClient};
 use crate::backoff::Backoff;
 use crate::config::Config;
+use crate::normalise;
 use crate::parse::{self, EventType, Outcome, RawEvent};
-use crate::platform::{Batch, ConnectorError, Http, Index, LogLevel, Platform, Record};
+use crate::platform::{Batch, ConnectorError, Http, Index, LogLevel, Platform, Record, WriteMode};
 use crate::record::{self, Origin};
 use crate::scan::{check_event, SiemScanner};
 use crate::threats::ThreatTracker;
 use crate::windows::{self, api_time, Gap, PlanSettings, Window, HISTORY_MARGIN, MIN_WINDOW};
 
 pub const CHECKPOINT_KEY: &str = "checkpoint";
+/// Prefix of the state keys holding the open native alerts, one key per
+/// slot (alert type, tenant, sender; hashed), committed with the records
+/// they were derived from. Only the slots a batch touches are read and
+/// written, so the state stays small however many senders a tenant sees.
+pub const ALERT_SLOT_PREFIX: &str = "alert_slot:";
 /// State key set (to `START-END`, UNIX seconds) with the first batch of a
 /// window committed before its end, and cleared with its last: found at the
 /// start of a run, it says the previous run was stopped inside that window
@@ -61,6 +68,9 @@ struct Summary {
     threats: u64,
     gaps: u64,
     retries: u64,
+    alerts_created: u64,
+    alerts_updated: u64,
+    filtered: u64,
     by_type: BTreeMap<&'static str, u64>,
     stopped_early: Option<String>,
 }
@@ -130,6 +140,17 @@ pub fn collect<H: Http, P: Platform>(
     }
 }
 
+/// How every event record body starts (`msg_class` is its first field).
+const EVENT_BODY_PREFIX: &str = "{\"msg_class\":\"proofpoint_tap_event\"";
+
+/// The state key of an alert slot (alert type, tenant, sender).
+fn alert_slot_key(slot: &str) -> String {
+    format!(
+        "{ALERT_SLOT_PREFIX}{}",
+        hex::encode(&Sha256::digest(slot.as_bytes())[..16])
+    )
+}
+
 /// Records waiting for a commit, within the host's batch limits.
 struct Batcher {
     records: Vec<Record>,
@@ -143,8 +164,17 @@ impl Batcher {
         Batcher {
             records: Vec::new(),
             bytes: 0,
-            max_records: config.limits.batch_records(),
-            max_bytes: config.limits.batch_bytes(),
+            // Each event may add an alert to its commit: leave them room.
+            max_records: if config.alerts.enabled {
+                (config.limits.batch_records() / 2).max(1)
+            } else {
+                config.limits.batch_records()
+            },
+            max_bytes: if config.alerts.enabled {
+                config.limits.batch_bytes() / 2
+            } else {
+                config.limits.batch_bytes()
+            },
         }
     }
 
@@ -791,10 +821,15 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
 
     fn commit(
         &mut self,
-        records: Vec<Record>,
-        state: Vec<(String, Option<Vec<u8>>)>,
+        mut records: Vec<Record>,
+        mut state: Vec<(String, Option<Vec<u8>>)>,
     ) -> Result<(), ConnectorError> {
+        if self.config.alerts.enabled {
+            self.derive_alerts(&mut records, &mut state);
+        }
         let count = records.len();
+        // Alerts are upserts (always "written"): count events and alerts apart.
+        let alert_records = records.iter().filter(|r| r.index == Index::Alerts).count() as u32;
         let outcome = self
             .platform
             .commit(Batch { records, state })
@@ -803,9 +838,123 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
                     "the data lake refused a batch of {count} records: {e}"
                 ))
             })?;
-        self.summary.written += u64::from(outcome.written);
+        self.summary.written += u64::from(outcome.written.saturating_sub(alert_records));
         self.summary.duplicates += u64::from(outcome.duplicates);
         Ok(())
+    }
+
+    /// Adds to a batch the native alerts its new event records create or
+    /// update, and the alert book's new state: alerts land in the same
+    /// transaction as the events they count, so a re-collected or crashed
+    /// window never counts an event twice. Only events that are new (not
+    /// stored yet) and kept by the operator's log filters count.
+    fn derive_alerts(
+        &mut self,
+        records: &mut Vec<Record>,
+        state: &mut Vec<(String, Option<Vec<u8>>)>,
+    ) {
+        let events: Vec<usize> = (0..records.len())
+            .filter(|&i| {
+                records[i].index == Index::Syslog && records[i].body.starts_with(EVENT_BODY_PREFIX)
+            })
+            .collect();
+        if events.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = events.iter().map(|&i| records[i].id.clone()).collect();
+        let bodies: Vec<String> = events.iter().map(|&i| records[i].body.clone()).collect();
+        let known = self.platform.contains(Index::Syslog, &ids);
+        let dropped = self.platform.dropped_by_filters(&bodies);
+        let cfg = AlertConfig {
+            dedup_window_ms: self.config.alerts.dedup_window_ms,
+            merge_without_sender: self.config.alerts.merge_without_sender,
+        };
+        // One pass, one event parsed at a time (a batch parsed whole would
+        // cost several times its bytes): load each slot when first needed.
+        let tenant = self.origin.tenant;
+        let mut seen = BTreeSet::new();
+        let mut book = AlertBook::new();
+        let mut slots = BTreeSet::new();
+        let mut changed: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        for (k, &i) in events.iter().enumerate() {
+            if dropped[k] {
+                self.summary.filtered += 1;
+                continue;
+            }
+            if known[k] || !seen.insert(ids[k].clone()) {
+                continue;
+            }
+            let Ok(serde_json::Value::Object(body)) = serde_json::from_str(&records[i].body) else {
+                continue;
+            };
+            let Some(kind) = body
+                .get("event_type")
+                .and_then(|t| t.as_str())
+                .and_then(|t| {
+                    normalise::EventType::ALL
+                        .into_iter()
+                        .find(|e| e.as_str() == t)
+                })
+            else {
+                continue;
+            };
+            let Some(observed) = ObservedEvent::from_normalised(&ids[k], kind, &body, tenant)
+            else {
+                continue;
+            };
+            if let Some(slot) = AlertBook::slot_of(&observed, &cfg) {
+                if slots.insert(slot.clone()) {
+                    let stored = self
+                        .platform
+                        .state_get(&alert_slot_key(&slot))
+                        .and_then(|bytes| serde_json::from_slice::<Vec<Alert>>(&bytes).ok())
+                        .unwrap_or_default();
+                    book.restore_slot(slot, stored);
+                }
+            }
+            match book.observe_deferred(&observed, &cfg) {
+                AlertChange::Created { id, body } => {
+                    self.summary.alerts_created += 1;
+                    changed.insert(id, body);
+                }
+                AlertChange::Updated { id, body } => {
+                    if !changed.contains_key(&id) {
+                        self.summary.alerts_updated += 1;
+                    }
+                    changed.insert(id, body);
+                }
+                AlertChange::Unchanged { .. } => {}
+            }
+        }
+        // Bodies of kept alerts are built once per batch, not per event.
+        for (id, body) in changed.iter_mut() {
+            if body.is_null() {
+                if let Some(alert) = book.alert(id) {
+                    *body = alert.to_json();
+                }
+            }
+        }
+        book.prune(parse::epoch_ms(self.now));
+        for (id, mut body) in changed {
+            if let Some(obj) = body.as_object_mut() {
+                obj.insert("connector".into(), self.origin.connector.into());
+                obj.insert("domain".into(), self.origin.domain.into());
+                obj.entry("tenant_name")
+                    .or_insert_with(|| self.origin.tenant.into());
+            }
+            records.push(Record {
+                index: Index::Alerts,
+                id,
+                body: body.to_string(),
+                mode: WriteMode::Upsert,
+            });
+        }
+        for slot in slots {
+            let alerts = book.slot(&slot);
+            let value =
+                (!alerts.is_empty()).then(|| serde_json::to_vec(alerts).expect("alerts serialise"));
+            state.push((alert_slot_key(&slot), value));
+        }
     }
 
     fn summary_json(&self) -> String {
@@ -826,6 +975,9 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
             "threats": s.threats,
             "gaps": s.gaps,
             "retries": s.retries,
+            "alerts_created": s.alerts_created,
+            "alerts_updated": s.alerts_updated,
+            "filtered": s.filtered,
             "by_type": by_type,
             "checkpoint": self.checkpoint.map(api_time),
             "requests": self.api.requests,

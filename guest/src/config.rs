@@ -44,6 +44,7 @@ pub const CONNECTOR_KEYS: &[&str] = &[
     "safety_margin_seconds",
     "max_window_minutes",
     "siem_requests_per_day",
+    "alerts",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +80,8 @@ pub struct Config {
     /// The SIEM request quota of the credential per rolling 24 hours
     /// (Proofpoint's is 1,800); the connector never sends more.
     pub siem_requests_per_day: u32,
+    /// Native alerts (`[connector.alerts]`).
+    pub alerts: AlertSettings,
     /// The host's sandbox limits that shape how the connector works.
     pub limits: HostLimits,
 }
@@ -230,6 +233,7 @@ impl Config {
         );
         v.check_quota(lookback_minutes, max_window_minutes, siem_requests_per_day);
         let limits = HostLimits::from_json(map.get("limits"));
+        let alerts = v.alerts();
 
         if !v.problems.is_empty() {
             return Err(v.problems);
@@ -248,8 +252,44 @@ impl Config {
             max_window_minutes,
             siem_requests_per_day,
             limits,
+            alerts,
         })
     }
+}
+
+/// `[connector.alerts]`: whether to derive native alerts and how they are
+/// deduplicated by sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlertSettings {
+    pub enabled: bool,
+    pub dedup_window_ms: i64,
+    pub merge_without_sender: bool,
+}
+
+impl Default for AlertSettings {
+    fn default() -> Self {
+        AlertSettings {
+            enabled: true,
+            dedup_window_ms: 24 * 3_600_000,
+            merge_without_sender: false,
+        }
+    }
+}
+
+/// `30m`, `24h`, `2d` as milliseconds.
+pub fn parse_duration_ms(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: i64 = n.parse().ok()?;
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    (n > 0).then(|| n * unit_ms)
 }
 
 struct Validator<'a> {
@@ -259,6 +299,38 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    fn alerts(&mut self) -> AlertSettings {
+        let mut out = AlertSettings::default();
+        let Some(value) = self.map.get("alerts") else {
+            return out;
+        };
+        let Some(table) = value.as_object() else {
+            self.problem(format!(
+                "`alerts` in connector `{}` must be a table: [connector.alerts] with enabled, dedup_window, merge_without_sender.",
+                self.connector
+            ));
+            return out;
+        };
+        for (key, v) in table {
+            match (key.as_str(), v) {
+                ("enabled", Value::Bool(b)) => out.enabled = *b,
+                ("merge_without_sender", Value::Bool(b)) => out.merge_without_sender = *b,
+                ("dedup_window", Value::String(s)) => match parse_duration_ms(s) {
+                    Some(ms) if ms <= 7 * 86_400_000 => out.dedup_window_ms = ms,
+                    _ => self.problem(format!(
+                        "`alerts.dedup_window` `{s}` in connector `{}` is not a duration from 1s to 7d (e.g. \"24h\").",
+                        self.connector
+                    )),
+                },
+                (other, _) => self.problem(format!(
+                    "`alerts.{other}` in connector `{}` is unknown or of the wrong type: use enabled (bool), dedup_window (e.g. \"24h\"), merge_without_sender (bool).",
+                    self.connector
+                )),
+            }
+        }
+        out
+    }
+
     fn problem(&mut self, p: String) {
         self.problems.push(p);
     }
@@ -444,6 +516,16 @@ pub fn schema() -> Value {
             "siem_requests_per_day": {
                 "description": "The credential's SIEM request quota per rolling 24 hours, shared by every connector using the credential. The connector stops before spending past it and says when it resumes.",
                 "type": "integer", "minimum": 1, "maximum": SIEM_REQUESTS_PER_DAY, "default": SIEM_REQUESTS_PER_DAY
+            },
+            "alerts": {
+                "description": "Native alerts: one per event type, deduplicated by email.sender.address within dedup_window of the alert's first event.",
+                "type": "object",
+                "properties": {
+                    "enabled": {"type": "boolean", "default": true},
+                    "dedup_window": {"type": "string", "default": "24h", "description": "e.g. 30m, 24h, 2d (at most 7d)"},
+                    "merge_without_sender": {"type": "boolean", "default": false, "description": "merge events without a sender into one alert per type (default: each gets its own alert)"}
+                },
+                "additionalProperties": false
             }
         },
         "x-host-keys": HOST_KEYS,

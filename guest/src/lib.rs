@@ -14,6 +14,8 @@
 //! - `scan`: SIEM response bodies, streamed: each event's raw bytes in turn;
 //! - `parse`: event types, and what is read out of each event;
 //! - `identity`: record ids that make re-collection idempotent;
+//! - `normalise`: ECS-style fields of each event, both API shapes;
+//! - `alerts`: native alerts, deduplicated by sender;
 //! - `record`: the records written to the data lake;
 //! - `threats`: Threat API summaries and their backlog;
 //! - `backoff`: waiting after a 429, kept in state;
@@ -21,11 +23,13 @@
 //! - `platform`: the host, as traits and plain types;
 //! - `bindings` (wasm32 only): the WIT glue.
 
+pub mod alerts;
 pub mod api;
 pub mod backoff;
 pub mod collect;
 pub mod config;
 pub mod identity;
+pub mod normalise;
 pub mod parse;
 pub mod platform;
 pub mod record;

@@ -314,6 +314,8 @@ pub trait Platform {
     fn commit(&mut self, batch: Batch) -> Result<CommitOutcome, String>;
     /// For each id, whether a record with it is already stored in `index`.
     fn contains(&self, index: Index, ids: &[String]) -> Vec<bool>;
+    /// For each Syslog record body, whether the operator's log filters drop it.
+    fn dropped_by_filters(&self, bodies: &[String]) -> Vec<bool>;
     fn log(&self, level: LogLevel, message: &str);
     /// `done` of `total` windows finished, `items` events collected this run.
     fn progress(&self, done: u32, total: u32, items: u64);

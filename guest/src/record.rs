@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 
 use crate::config::Config;
 use crate::identity;
+use crate::normalise;
 use crate::parse::{EventType, Interpreted, Outcome};
 use crate::platform::{Index, Record, WriteMode};
 use crate::windows::Gap;
@@ -61,6 +62,9 @@ struct EventBody<'a> {
     /// The event's own time, epoch milliseconds.
     timestamp: i64,
     event_id: &'a str,
+    /// The normalised (ECS-style) fields: `email`, `source`, `threat`, ...
+    #[serde(flatten)]
+    normalised: serde_json::Map<String, serde_json::Value>,
     /// The original event, byte for byte.
     proofpoint_tap: &'a RawValue,
 }
@@ -181,6 +185,7 @@ pub fn event_record(
                 event_type: event_type.as_str(),
                 timestamp: time_ms,
                 event_id: id,
+                normalised: normalised_fields(event_type, raw),
                 proofpoint_tap: raw,
             },
             raw.get().len(),
@@ -188,6 +193,36 @@ pub fn event_record(
         ),
         mode: WriteMode::Insert,
     }
+}
+
+/// The normalised fields of an event, without the ones the record sets
+/// itself. An event normalise cannot read keeps only its raw form (it was
+/// already judged readable enough to store).
+fn normalised_fields(
+    event_type: EventType,
+    raw: &RawValue,
+) -> serde_json::Map<String, serde_json::Value> {
+    let Some(kind) = normalise::EventType::from_array(event_type.array()) else {
+        return serde_json::Map::new();
+    };
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(raw.get()) else {
+        return serde_json::Map::new();
+    };
+    let mut fields = normalise::normalise(kind, &value).unwrap_or_default();
+    for own in [
+        "timestamp",
+        "msg_class",
+        "event_type",
+        "tenant_name",
+        "connector",
+        "domain",
+        "event_id",
+        "proofpoint_tap",
+        "msg_origin",
+    ] {
+        fields.remove(own);
+    }
+    fields
 }
 
 pub fn quarantine_record(

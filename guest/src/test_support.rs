@@ -76,6 +76,9 @@ pub struct FakePlatform {
     /// The host's batch limits, enforced like the host does.
     pub max_batch_records: usize,
     pub max_batch_bytes: usize,
+    /// Log filters, as the host applies them: bodies containing any of these
+    /// strings are dropped.
+    pub drop_containing: Vec<String>,
 }
 
 impl FakePlatform {
@@ -95,6 +98,7 @@ impl FakePlatform {
             sleeps: Vec::new(),
             max_batch_records: 20_000,
             max_batch_bytes: 64 << 20,
+            drop_containing: Vec::new(),
         }
     }
 
@@ -166,6 +170,14 @@ impl Platform for FakePlatform {
             let body: serde_json::Value =
                 serde_json::from_str(&r.body).expect("record body is JSON");
             assert!(body.is_object(), "record body must be an object");
+            if r.index == Index::Syslog
+                && self
+                    .drop_containing
+                    .iter()
+                    .any(|d| r.body.contains(d.as_str()))
+            {
+                continue;
+            }
             let key = (r.index, r.id.clone());
             if r.mode == WriteMode::Insert && self.stored.contains_key(&key) {
                 outcome.duplicates += 1;
@@ -191,6 +203,13 @@ impl Platform for FakePlatform {
     fn contains(&self, index: Index, ids: &[String]) -> Vec<bool> {
         ids.iter()
             .map(|id| self.stored.contains_key(&(index, id.clone())))
+            .collect()
+    }
+
+    fn dropped_by_filters(&self, bodies: &[String]) -> Vec<bool> {
+        bodies
+            .iter()
+            .map(|b| self.drop_containing.iter().any(|d| b.contains(d.as_str())))
             .collect()
     }
 

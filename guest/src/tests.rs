@@ -579,7 +579,8 @@ fn a_bad_event_is_quarantined_and_the_rest_of_the_window_lands() {
 fn large_windows_commit_in_chunks_with_the_checkpoint_last() {
     let cfg = config(serde_json::json!({
         "content_types": ["events"],
-        "limits": {"max_batch_records": 5000}
+        "limits": {"max_batch_records": 5000},
+        "alerts": {"enabled": false}
     }));
     let mut tap = FakeTap::new(NOW);
     let t = NOW - Duration::minutes(5);
@@ -957,7 +958,7 @@ fn the_configured_quota_is_the_budget() {
 
 #[test]
 fn threat_summaries_are_stored_once_and_failures_retried() {
-    let cfg = config(serde_json::json!({}));
+    let cfg = config(serde_json::json!({"alerts": {"enabled": false}}));
     let mut tap = FakeTap::new(NOW);
     let t = NOW - Duration::minutes(5);
     for (n, threat) in ["t-found", "t-missing", "t-broken", "t-known", "t-found"]
@@ -1218,4 +1219,91 @@ fn progress_is_reported_per_window() {
         vec![(1, 4), (2, 4), (3, 4), (4, 4)]
     );
     assert_eq!(progress[3].2, summary["events"].as_u64().unwrap());
+}
+
+fn alerts_stored(platform: &FakePlatform) -> Vec<Value> {
+    platform
+        .stored
+        .iter()
+        .filter(|((index, _), _)| *index == Index::Alerts)
+        .map(|(_, body)| serde_json::from_str(body).unwrap())
+        .collect()
+}
+
+#[test]
+fn alerts_ride_with_their_events_and_recollection_counts_nothing_twice() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut tap = FakeTap::new(NOW);
+    let t = NOW - Duration::minutes(5);
+    for n in 0..50 {
+        tap.add_event(EventType::MessageDelivered, t, n, "t");
+    }
+    for n in 50..53 {
+        tap.add_event(EventType::ClickPermitted, t, n, "t");
+    }
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::minutes(10));
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["written"], 53, "alerts are not counted as events");
+    assert_eq!(summary["alerts_created"], 2);
+    // One commit holds the events, their alerts and the alert book.
+    assert_eq!(platform.commits.len(), 1);
+    assert!(platform.commits[0]
+        .state
+        .iter()
+        .any(|(k, v)| k.starts_with("alert_slot:") && v.is_some()));
+    let alerts = alerts_stored(&platform);
+    assert_eq!(alerts.len(), 2);
+    let delivered = alerts
+        .iter()
+        .find(|a| a["xdr_event"]["name"] == "Proofpoint TAP messageDelivered")
+        .expect("a messageDelivered alert");
+    assert_eq!(delivered["count"], 50);
+    assert_eq!(delivered["email"]["sender"]["address"], "bad@example.net");
+    assert_eq!(
+        delivered["email"]["recipient"]["addresses"]
+            .as_array()
+            .unwrap()
+            .len(),
+        50
+    );
+    assert_eq!(delivered["connector"], cfg.name.as_str());
+    assert!(alerts
+        .iter()
+        .any(|a| a["xdr_event"]["name"] == "Proofpoint TAP clickDelivered"));
+
+    // The look-back re-reads the same events: no count moves.
+    platform.now = NOW + Duration::minutes(5);
+    tap.now = NOW + Duration::minutes(5);
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["written"], 0);
+    assert_eq!(summary["alerts_updated"], 0);
+    let again = alerts_stored(&platform);
+    let delivered = again
+        .iter()
+        .find(|a| a["xdr_event"]["name"] == "Proofpoint TAP messageDelivered")
+        .unwrap();
+    assert_eq!(delivered["count"], 50);
+}
+
+#[test]
+fn events_dropped_by_log_filters_raise_no_alert() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut tap = FakeTap::new(NOW);
+    let t = NOW - Duration::minutes(5);
+    for n in 0..3 {
+        tap.add_event(EventType::ClickPermitted, t, n, "t");
+    }
+    tap.add_event(EventType::MessageDelivered, t, 3, "t");
+    let mut platform = FakePlatform::new(NOW);
+    platform.drop_containing = vec!["\"event_type\":\"clickPermitted\"".into()];
+    platform.set_checkpoint(NOW - Duration::minutes(10));
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["filtered"], 3);
+    let alerts = alerts_stored(&platform);
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(
+        alerts[0]["xdr_event"]["name"],
+        "Proofpoint TAP messageDelivered"
+    );
 }
