@@ -163,3 +163,69 @@ fn every_fixture_event_goes_through_the_pipeline() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn alerts_count_every_event_once_and_are_searchable_by_sender() -> Result<()> {
+    let (args, _) = fixture_sim_args();
+    let sim = Sim::start(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let ws = Workspace::new()?;
+    ws.write_config(&tap_connector(
+        "alerting",
+        "acme",
+        &sim,
+        "initial_lookback_hours = 25",
+    ))?;
+    let out = ws.dphost(&["once"])?;
+    assert!(out.status.success(), "{}", text(&out));
+    let events = ws.search("syslog", "msg_class:proofpoint_tap_event")?;
+    let alerts = ws.search("alerts", "msg_class:proofpoint_tap_alert")?;
+    assert!(!alerts.is_empty());
+    let total = |alerts: &[serde_json::Value]| {
+        alerts
+            .iter()
+            .map(|a| a["count"].as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(
+        total(&alerts),
+        events.len() as u64,
+        "every event counts in exactly one alert"
+    );
+    for name in [
+        "messageBlocked",
+        "messageDelivered",
+        "clickBlocked",
+        "clickDelivered",
+    ] {
+        let of_type = ws.search(
+            "alerts",
+            &format!("xdr_event.name:\"Proofpoint TAP {name}\""),
+        )?;
+        assert!(!of_type.is_empty(), "no {name} alert");
+    }
+    // Alerts of one sender: the search finds them and only them.
+    let sender = events
+        .iter()
+        .filter_map(|e| e["email"]["sender"]["address"].as_str())
+        .next()
+        .expect("a sample event with a sender")
+        .to_string();
+    let of_sender = ws.search("alerts", &format!("email.sender.address:\"{sender}\""))?;
+    assert!(!of_sender.is_empty());
+    assert!(of_sender
+        .iter()
+        .all(|a| a["email"]["sender"]["address"] == sender.as_str()));
+    let sender_events = events
+        .iter()
+        .filter(|e| e["email"]["sender"]["address"] == sender.as_str())
+        .count();
+    assert_eq!(total(&of_sender), sender_events as u64);
+
+    // Collecting the same span again changes no count.
+    let out = ws.dphost(&["once"])?;
+    assert!(out.status.success(), "{}", text(&out));
+    let again = ws.search("alerts", "msg_class:proofpoint_tap_alert")?;
+    assert_eq!(again.len(), alerts.len());
+    assert_eq!(total(&again), total(&alerts));
+    Ok(())
+}
