@@ -52,6 +52,7 @@ for t in messageBlocked messageDelivered clickBlocked clickPermitted; do
   printf '  %-18s %s\n' "$t" "$("$dphost" search "${cfg[@]}" --count "msg_class:proofpoint_tap_event event_type:$t")"
 done
 printf '  %-18s %s\n' "threat summaries" "$("$dphost" search "${cfg[@]}" --count msg_class:proofpoint_tap_threat)"
+printf '  %-18s %s\n' "native alerts" "$("$dphost" search "${cfg[@]}" --index alerts --count '*')"
 echo
 echo "== a few records (dphost search --format table --limit 8 msg_class:proofpoint_tap_event)"
 "$dphost" search "${cfg[@]}" --format table --limit 8 msg_class:proofpoint_tap_event
