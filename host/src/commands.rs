@@ -353,6 +353,8 @@ pub fn status(config_path: &Path, json: bool) -> Result<ExitCode> {
             "last_error": last.and_then(|r| r.error.clone()),
             "last_success": last_ok.map(|r| fmt_ms(r.ended_ms)),
             "records": store.count(Index::Syslog, Some(&c.name))?,
+            // As the connector counted them in its last successful run.
+            "filtered_last_run": summary.get("filtered").cloned().unwrap_or(serde_json::Value::Null),
             "alerts": store.count(Index::Alerts, Some(&c.name))?,
             "quarantined": store.count(Index::Quarantine, Some(&c.name))?,
             "checkpoint": checkpoint,

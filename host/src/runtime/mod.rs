@@ -251,9 +251,20 @@ pub fn explain_connector_error(e: &ConnectorError) -> String {
         ConnectorError::Http(h) => {
             format!("HTTP {}: {} {}", h.status, h.explanation, h.recommendation)
         }
-        ConnectorError::RateLimited(secs) => format!(
-            "HTTP 429: the API's request quota is used up; the connector retries by itself in {secs} s"
-        ),
+        ConnectorError::RateLimited(secs) => {
+            let at = std::time::SystemTime::now() + Duration::from_secs(*secs as u64);
+            let at = time::OffsetDateTime::from(at)
+                .replace_nanosecond(0)
+                .ok()
+                .and_then(|t| {
+                    t.format(&time::format_description::well_known::Rfc3339)
+                        .ok()
+                })
+                .unwrap_or_default();
+            format!(
+                "rate limited: the API's request quota (or the credential's shared budget) is used up; the connector retries by itself at {at} (in {secs} s)"
+            )
+        }
         ConnectorError::Transient(m) => {
             format!("temporary failure, retried on the next run: {m}")
         }

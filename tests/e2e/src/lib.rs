@@ -457,8 +457,11 @@ impl Workspace {
                 .and_then(|n| n.parse().ok())
         });
         let rate_limited_secs = if stdout.contains("FAILED (rate-limited)") {
-            stdout.find("retries by itself in ").and_then(|at| {
-                stdout[at + "retries by itself in ".len()..]
+            // "... retries by itself at 2026-11-21T10:00:00Z (in 900 s)"
+            stdout.find("retries by itself at ").and_then(|at| {
+                let rest = &stdout[at..];
+                let from = rest.find("(in ")? + "(in ".len();
+                rest[from..]
                     .split_whitespace()
                     .next()
                     .and_then(|n| n.parse().ok())

@@ -298,3 +298,61 @@ fn log_filters_drop_exactly_the_matching_records_and_count_them() -> Result<()> 
     );
     Ok(())
 }
+
+#[test]
+fn a_false_positive_filter_drops_exactly_the_events_with_a_false_positive_threat() -> Result<()> {
+    // The samples, with a falsePositive threat added beside the active one of
+    // every third delivered message (the API returns such events by default:
+    // they also have an active threat).
+    let dir = tempfile::tempdir()?;
+    let source = std::fs::read_to_string(fixtures_dir().join("message_delivered.ndjson"))?;
+    let mut marked = 0;
+    let mut lines = Vec::new();
+    for (i, line) in source.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+        let mut event: serde_json::Value = serde_json::from_str(line)?;
+        if i % 3 == 0 {
+            let threats = event["threatsInfoMap"].as_array_mut().expect("threats");
+            let mut fp = threats[0].clone();
+            fp["threatStatus"] = "falsePositive".into();
+            fp["threatID"] = format!("fp-{i}").into();
+            threats.push(fp);
+            marked += 1;
+        }
+        lines.push(event.to_string());
+    }
+    let file = dir.path().join("delivered.ndjson");
+    std::fs::write(&file, lines.join("\n") + "\n")?;
+    let file = file.display().to_string();
+    let sim = Sim::start(&[
+        "--events",
+        &file,
+        "--events-type",
+        "messagesDelivered",
+        "--retime",
+        "--max-lag-min",
+        "0",
+    ])?;
+    let ws = Workspace::new()?;
+    ws.write_config(&format!(
+        "{}\n[[connector.filter]]\nname = \"false-positives\"\ndrop = 'threat.status:falsepositive'\n",
+        tap_connector("fp", "acme", &sim, "initial_lookback_hours = 25")
+    ))?;
+    let out = ws.dphost(&["once"])?;
+    assert!(out.status.success(), "{}", text(&out));
+    let truth = sim.truth()?;
+    assert_eq!(truth.len(), lines.len(), "the simulator serves every event");
+    let stored = ws.search("syslog", "msg_class:proofpoint_tap_event")?;
+    assert_eq!(stored.len(), lines.len() - marked);
+    assert!(ws
+        .search("syslog", "threat.status:falsepositive")?
+        .is_empty());
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.contains(&format!("dropped by log filters: {marked}")),
+        "{said}"
+    );
+    let status = ws.dphost(&["status", "--format", "json"])?;
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    assert_eq!(status[0]["filtered_last_run"], marked as u64, "{status}");
+    Ok(())
+}
