@@ -89,15 +89,7 @@ impl Sim {
 
     /// `/_sim/truth` as (event_type, event) pairs.
     pub fn truth(&self) -> Result<Vec<(String, Value)>> {
-        let body = self.get("/_sim/truth")?;
-        body.lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| {
-                let v: Value = serde_json::from_str(l)?;
-                let array = v["type"].as_str().context("truth line without type")?;
-                Ok((event_type_of(array).to_string(), v["event"].clone()))
-            })
-            .collect()
+        self.truth_between(None, None)
     }
 }
 

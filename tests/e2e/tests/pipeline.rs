@@ -5,21 +5,6 @@ use anyhow::Result;
 use e2e::*;
 use std::collections::BTreeMap;
 
-/// Events the simulator made visible, filed before `before` (RFC 3339).
-fn truth_until(sim: &Sim, before: &str) -> Result<Vec<(String, serde_json::Value)>> {
-    let body = sim.get(&format!("/_sim/truth?to={before}"))?;
-    body.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l)?;
-            Ok((
-                event_type_of(v["type"].as_str().unwrap()).to_string(),
-                v["event"].clone(),
-            ))
-        })
-        .collect()
-}
-
 fn rfc3339(t: std::time::SystemTime) -> String {
     let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
     time::OffsetDateTime::from_unix_timestamp(secs)
@@ -90,7 +75,7 @@ fn every_visible_event_lands_exactly_once_across_runs() -> Result<()> {
 
     // The connector's windows end a safety margin (60 s) before now.
     let cutoff = rfc3339(std::time::SystemTime::now() - std::time::Duration::from_secs(61));
-    let before = truth_until(&sim, &cutoff)?;
+    let before = sim.truth_between(None, Some(&cutoff))?;
     let out = ws.dphost(&["once"])?;
     assert!(out.status.success(), "{}", text(&out));
     let after = sim.truth()?;
@@ -116,7 +101,7 @@ fn every_visible_event_lands_exactly_once_across_runs() -> Result<()> {
 
     // A second cycle re-queries the look-back: nothing stored twice.
     let cutoff = rfc3339(std::time::SystemTime::now() - std::time::Duration::from_secs(61));
-    let before = truth_until(&sim, &cutoff)?;
+    let before = sim.truth_between(None, Some(&cutoff))?;
     let out = ws.dphost(&["once"])?;
     assert!(out.status.success(), "{}", text(&out));
     let after = sim.truth()?;
