@@ -862,9 +862,13 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
             return;
         }
         let ids: Vec<String> = events.iter().map(|&i| records[i].id.clone()).collect();
-        let bodies: Vec<String> = events.iter().map(|&i| records[i].body.clone()).collect();
         let known = self.platform.contains(Index::Syslog, &ids);
-        let dropped = self.platform.dropped_by_filters(&bodies);
+        let dropped = if self.config.log_filters == 0 {
+            vec![false; events.len()]
+        } else {
+            let bodies: Vec<String> = events.iter().map(|&i| records[i].body.clone()).collect();
+            self.platform.dropped_by_filters(&bodies)
+        };
         let cfg = AlertConfig {
             dedup_window_ms: self.config.alerts.dedup_window_ms,
             merge_without_sender: self.config.alerts.merge_without_sender,

@@ -21,6 +21,7 @@ pub const HOST_KEYS: &[&str] = &[
     "principal",
     "response",
     "limits",
+    "log_filters",
     // Not passed today, but plainly host business if they ever are.
     "enabled",
     "schedule",
@@ -82,6 +83,9 @@ pub struct Config {
     pub siem_requests_per_day: u32,
     /// Native alerts (`[connector.alerts]`).
     pub alerts: AlertSettings,
+    /// How many log filters the host applies (`log_filters`); with none,
+    /// nothing needs asking about them.
+    pub log_filters: u64,
     /// The host's sandbox limits that shape how the connector works.
     pub limits: HostLimits,
 }
@@ -253,6 +257,7 @@ impl Config {
             siem_requests_per_day,
             limits,
             alerts,
+            log_filters: map.get("log_filters").and_then(Value::as_u64).unwrap_or(0),
         })
     }
 }

@@ -1288,7 +1288,7 @@ fn alerts_ride_with_their_events_and_recollection_counts_nothing_twice() {
 
 #[test]
 fn events_dropped_by_log_filters_raise_no_alert() {
-    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let cfg = config(serde_json::json!({"content_types": ["events"], "log_filters": 1}));
     let mut tap = FakeTap::new(NOW);
     let t = NOW - Duration::minutes(5);
     for n in 0..3 {

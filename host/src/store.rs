@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -133,7 +133,6 @@ pub struct RunRecord {
 }
 
 pub struct Store {
-    path: PathBuf,
     // Writes are serialised (SQLite has one writer); reads use their own
     // connection so a search or a state lookup never waits on a commit.
     writer: Mutex<Connection>,
@@ -238,14 +237,9 @@ impl Store {
         writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let reader = open_connection(&path)?;
         Ok(Store {
-            path,
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     pub fn state_get(&self, connector: &str, key: &str) -> Result<Option<Vec<u8>>> {

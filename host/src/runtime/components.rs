@@ -81,8 +81,6 @@ pub fn build_linker(engine: &Engine) -> Result<Linker<RunState>> {
 
 /// A component ready to instantiate.
 pub struct LoadedComponent {
-    pub name: String,
-    pub path: PathBuf,
     pub pre: ConnectorWorldPre<RunState>,
     /// Whether the compiled code came from the cache.
     pub from_cache: bool,
@@ -208,8 +206,6 @@ fn load_one(
         .map_err(anyhow::Error::from)
         .context("the component does not export the dphost:connector/connector interface")?;
     Ok(LoadedComponent {
-        name: name.to_string(),
-        path: path.to_path_buf(),
         pre,
         from_cache,
         load_time: started.elapsed(),

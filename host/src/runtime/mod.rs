@@ -19,7 +19,7 @@ use crate::caps::{self, http::HttpGate, log::LogBudget, sink::SinkStats, wasi::S
 use crate::clock::Clock;
 use crate::config::{Config, ConnectorConfig, Limits};
 use crate::store::{now_ms, RunRecord, Store};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use components::{ComponentSet, EngineSizing, EPOCH_TICK};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -511,14 +511,6 @@ impl Runtime {
             Ok(Ok(Err(e))) => Err(Failure::Connector(e)),
             Ok(Err(trap)) => Err(classify_trap(trap, memory_exceeded, &limits, &stderr)),
         }
-    }
-
-    /// The connector's own description (`describe`), as JSON text.
-    pub async fn describe(&self, connector: &ConnectorConfig) -> Result<String> {
-        let r = self.call(connector, Operation::Describe).await;
-        r.result
-            .map_err(|f| anyhow::anyhow!("{f}"))
-            .context("describe failed")
     }
 }
 
