@@ -1,11 +1,13 @@
 //! The CLI's subcommands. Each returns the process exit code: 0 success,
 //! 1 a connector failed, (2 for a host error, from `main`).
 
+use crate::admin::AdminOptions;
 use crate::config::{Config, ConnectorConfig};
 use crate::runtime::{CallReport, Operation, Progress, ProgressObserver, Runtime};
 use crate::scheduler;
 use crate::search::{parse_time_bound, Query};
 use crate::store::{Index, ScanFilter, Store, INDEXED_FIELDS};
+use crate::validate;
 use anyhow::{bail, Result};
 use std::io::Write;
 use std::path::Path;
@@ -18,7 +20,7 @@ pub enum OutputFormat {
     Table,
 }
 
-pub async fn run(config_path: &Path) -> Result<ExitCode> {
+pub async fn run(config_path: &Path, admin: Option<AdminOptions>) -> Result<ExitCode> {
     let config = Arc::new(Config::load(config_path)?);
     if config.connectors.is_empty() {
         bail!(
@@ -27,7 +29,16 @@ pub async fn run(config_path: &Path) -> Result<ExitCode> {
         );
     }
     let runtime = Arc::new(Runtime::new(&config)?);
-    scheduler::run(config, runtime).await?;
+    // Nothing runs until the whole configuration is valid.
+    let problems = validate::problems(&config, &runtime).await;
+    if !problems.is_empty() {
+        bail!(
+            "{}
+nothing was started: fix these (`dphost check` lists them) and start again",
+            validate::report(&config, &problems)
+        );
+    }
+    scheduler::run(config, runtime, admin).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -166,12 +177,13 @@ pub async fn check(config_path: &Path) -> Result<ExitCode> {
     let runtime = Runtime::new(&config)?;
     let mut bad = 0;
     for c in &config.connectors {
-        let r = runtime.call(c, Operation::ValidateConfig).await;
-        match &r.result {
-            Ok(_) => println!("{}: ok", c.name),
-            Err(f) => {
-                bad += 1;
-                println!("{}: {f}", c.name);
+        let problems = validate::connector_problems(&config, &runtime, c).await;
+        if problems.is_empty() {
+            println!("{}: ok", c.name);
+        } else {
+            bad += 1;
+            for p in problems {
+                println!("{}: {p}", config.path.display());
             }
         }
     }
@@ -311,130 +323,17 @@ fn write_table(out: &mut impl Write, rows: &[[String; 6]]) -> std::io::Result<()
     Ok(())
 }
 
-/// `dphost status`: one row per configured connector, from the run history.
+/// `dphost status`: one row per configured connector, from the store.
 pub fn status(config_path: &Path, json: bool) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
     let store = Store::open(&config.host.data_dir)?;
     let now_ms = config.host.clock().now_ms()?;
-    let mut rows = Vec::new();
-    for c in &config.connectors {
-        let runs = store.recent_runs(c.name.as_str(), 50)?;
-        let last = runs.iter().find(|r| r.operation == "collect");
-        let last_ok = runs
-            .iter()
-            .find(|r| r.operation == "collect" && r.outcome == "ok");
-        let summary: serde_json::Value = last_ok
-            .and_then(|r| r.summary.as_deref())
-            .and_then(|s| serde_json::from_str(s).ok())
-            .unwrap_or(serde_json::Value::Null);
-        let state = match last.map(|r| r.outcome.as_str()) {
-            None => "never-run",
-            Some("ok") => "ok",
-            Some("rate-limited") => "rate-limited",
-            Some(_) => "failing",
-        };
-        let checkpoint = summary
-            .get("checkpoint")
-            .and_then(|v| v.as_str())
-            .map(str::to_string);
-        let lag_secs = checkpoint
-            .as_deref()
-            .and_then(|c| {
-                time::OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339).ok()
-            })
-            .map(|t| (now_ms / 1000 - t.unix_timestamp()).max(0));
-        rows.push(serde_json::json!({
-            "connector": c.name,
-            "tenant": c.tenant,
-            "state": state,
-            "last_run_start": last.map(|r| fmt_ms(r.started_ms)),
-            "last_run_end": last.map(|r| fmt_ms(r.ended_ms)),
-            "last_outcome": last.map(|r| r.outcome.clone()),
-            "last_error": last.and_then(|r| r.error.clone()),
-            "last_success": last_ok.map(|r| fmt_ms(r.ended_ms)),
-            "records": store.count(Index::Syslog, Some(&c.name))?,
-            // As the connector counted them in its last successful run.
-            "filtered_last_run": summary.get("filtered").cloned().unwrap_or(serde_json::Value::Null),
-            "alerts": store.count(Index::Alerts, Some(&c.name))?,
-            "quarantined": store.count(Index::Quarantine, Some(&c.name))?,
-            "checkpoint": checkpoint,
-            "lag_seconds": lag_secs,
-            "interval_min": c.interval_min,
-        }));
-    }
+    let rows = crate::status::all(&config, &store, now_ms)?;
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
-        return Ok(ExitCode::SUCCESS);
-    }
-    let header = [
-        "CONNECTOR",
-        "TENANT",
-        "STATE",
-        "LAST RUN",
-        "RECORDS",
-        "ALERTS",
-        "QUARANTINED",
-        "CHECKPOINT",
-        "LAG",
-    ];
-    let cells: Vec<Vec<String>> = rows
-        .iter()
-        .map(|r| {
-            let s = |k: &str| match &r[k] {
-                serde_json::Value::Null => "-".to_string(),
-                serde_json::Value::String(s) => s.clone(),
-                v => v.to_string(),
-            };
-            let lag = r["lag_seconds"]
-                .as_i64()
-                .map(|l| format!("{}m", l / 60))
-                .unwrap_or("-".into());
-            vec![
-                s("connector"),
-                s("tenant"),
-                s("state"),
-                s("last_run_end"),
-                s("records"),
-                s("alerts"),
-                s("quarantined"),
-                s("checkpoint"),
-                lag,
-            ]
-        })
-        .collect();
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    writeln!(out, "{}", line(header.to_vec()))?;
-    for (row, r) in cells.iter().zip(&rows) {
-        writeln!(out, "{}", line(row.iter().map(String::as_str).collect()))?;
-        if let Some(e) = r["last_error"].as_str() {
-            writeln!(out, "  last error: {e}")?;
-        }
+    } else {
+        write!(out, "{}", crate::status::table(&rows))?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn fmt_ms(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(ms / 1000)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| ms.to_string())
 }

@@ -12,17 +12,21 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use crate::config_lines::KeyLines;
+
 /// The whole configuration file.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file it was read from (for messages).
     pub path: PathBuf,
+    /// Where each key is in the file, to name lines in later checks.
+    pub lines: KeyLines,
     pub host: HostConfig,
     pub connectors: Vec<ConnectorConfig>,
 }
 
 /// `[host]`: where the host keeps its data and finds its components.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
     /// The embedded store lives here (relative paths: to the config file).
@@ -173,6 +177,9 @@ pub struct ConnectorConfig {
     pub host_url: String,
     pub allowed: AllowedOrigin,
     pub interval_min: u64,
+    /// `enabled = false` keeps the connector configured (and its data) but
+    /// never runs it.
+    pub enabled: bool,
     pub principal: Option<String>,
     pub secret: Option<SecretSource>,
     pub limits: Limits,
@@ -239,6 +246,7 @@ const HOST_KEYS: &[&str] = &[
     "component",
     "host_url",
     "interval_min",
+    "enabled",
     "principal",
     "secret",
     "secret_env",
@@ -290,18 +298,24 @@ impl Config {
         host.components_dir = anchor(&base, &host.components_dir);
         host.clock_file = host.clock_file.map(|f| anchor(&base, &f));
 
+        let lines = KeyLines::of(text);
         let mut problems = Vec::new();
         if host.max_concurrent_runs == 0 {
-            problems.push("[host] max_concurrent_runs must be at least 1".to_string());
+            problems.push(format!(
+                "{}[host] max_concurrent_runs must be at least 1",
+                lines.at("host.max_concurrent_runs")
+            ));
         }
         let mut connectors = Vec::new();
         let mut names = BTreeSet::new();
         for (i, table) in raw.connector.into_iter().enumerate() {
-            match ConnectorConfig::from_table(table, &base, text) {
+            let at = |key: &str| lines.at(&format!("connector.{i}.{key}"));
+            match ConnectorConfig::from_table(table, &base, &at) {
                 Ok(c) => {
                     if !names.insert(c.name.clone()) {
                         problems.push(format!(
-                            "connector `{}` is defined twice: connector names must be unique",
+                            "{}connector `{}` is defined twice: connector names must be unique",
+                            at("name"),
                             c.name
                         ));
                     }
@@ -309,7 +323,7 @@ impl Config {
                 }
                 Err(errs) => {
                     for e in errs {
-                        problems.push(format!("[[connector]] #{}: {e}", i + 1));
+                        problems.push(format!("{e} ([[connector]] #{})", i + 1));
                     }
                 }
             }
@@ -324,9 +338,25 @@ impl Config {
         }
         Ok(Config {
             path: path.to_path_buf(),
+            lines,
             host,
             connectors,
         })
+    }
+
+    /// `"line N: "` for `key` of connector `name` (its table if the key is
+    /// not in the file), for problems found after parsing.
+    pub fn at(&self, name: &str, key: &str) -> String {
+        match self.connectors.iter().position(|c| c.name == name) {
+            Some(i) => self.lines.at(&format!("connector.{i}.{key}")),
+            None => String::new(),
+        }
+    }
+
+    /// The line of exactly `key` in connector `name`'s table, if written there.
+    pub fn key_line(&self, name: &str, key: &str) -> Option<usize> {
+        let i = self.connectors.iter().position(|c| c.name == name)?;
+        self.lines.line(&format!("connector.{i}.{key}"))
     }
 
     pub fn connector(&self, name: &str) -> Result<&ConnectorConfig> {
@@ -357,10 +387,11 @@ fn anchor(base: &Path, p: &Path) -> PathBuf {
 }
 
 impl ConnectorConfig {
+    /// `at(key)` prefixes a problem with the line of `key` in this table.
     fn from_table(
         table: toml::Table,
         base: &Path,
-        text: &str,
+        at: &dyn Fn(&str) -> String,
     ) -> std::result::Result<Self, Vec<String>> {
         let mut problems = Vec::new();
         let label = table
@@ -373,13 +404,14 @@ impl ConnectorConfig {
                 Some(toml::Value::String(s)) => Some(s.clone()),
                 Some(other) => {
                     problems.push(format!(
-                        "{label}: `{key}` must be a string, not {}",
+                        "{}{label}: `{key}` must be a string, not {}",
+                        at(key),
                         other.type_str()
                     ));
                     None
                 }
                 None if required => {
-                    problems.push(format!("{label}: `{key}` is required"));
+                    problems.push(format!("{}{label}: `{key}` is required", at(key)));
                     None
                 }
                 None => None,
@@ -396,17 +428,20 @@ impl ConnectorConfig {
 
         if let Some(n) = &name {
             if let Err(e) = check_name(n) {
-                problems.push(format!("connector name {e}"));
+                problems.push(format!("{}connector name {e}", at("name")));
             }
         }
         if let Some(t) = &tenant {
             if t.trim().is_empty() {
-                problems.push(format!("{label}: `tenant` must not be empty"));
+                problems.push(format!(
+                    "{}{label}: `tenant` must not be empty",
+                    at("tenant")
+                ));
             }
         }
         if let Some(c) = &component {
             if let Err(e) = check_name(c) {
-                problems.push(format!("{label}: component name {e}"));
+                problems.push(format!("{}{label}: component name {e}", at("component")));
             }
         }
 
@@ -415,9 +450,22 @@ impl ConnectorConfig {
             Some(toml::Value::Integer(n)) if (1..=1440).contains(n) => *n as u64,
             Some(v) => {
                 problems.push(format!(
-                    "{label}: `interval_min` must be a whole number of minutes from 1 to 1440, not {v}"
+                    "{}{label}: `interval_min` must be a whole number of minutes from 1 to 1440, not {v}",
+                    at("interval_min")
                 ));
                 5
+            }
+        };
+
+        let enabled = match table.get("enabled") {
+            None => true,
+            Some(toml::Value::Boolean(b)) => *b,
+            Some(v) => {
+                problems.push(format!(
+                    "{}{label}: `enabled` must be true or false, not {v}",
+                    at("enabled")
+                ));
+                true
             }
         };
 
@@ -426,7 +474,7 @@ impl ConnectorConfig {
             Ok(Some((url, origin))) => (url, Some(origin)),
             Ok(None) => (String::new(), None),
             Err(e) => {
-                problems.push(format!("{label}: {e}"));
+                problems.push(format!("{}{label}: {e}", at("host_url")));
                 (String::new(), None)
             }
         };
@@ -441,13 +489,15 @@ impl ConnectorConfig {
         .collect();
         if sources.len() > 1 {
             problems.push(format!(
-                "{label}: give exactly one of `secret`, `secret_env` or `secret_file`"
+                "{}{label}: give exactly one of `secret`, `secret_env` or `secret_file`",
+                at("secret_file")
             ));
         }
         let secret = sources.into_iter().next();
         if principal.is_some() != secret.is_some() {
             problems.push(format!(
-                "{label}: `principal` and a secret (`secret`, `secret_env` or `secret_file`) go together: give both or neither"
+                "{}{label}: `principal` and a secret (`secret`, `secret_env` or `secret_file`) go together: give both or neither",
+                at("principal")
             ));
         }
 
@@ -456,26 +506,35 @@ impl ConnectorConfig {
             Some(v) => match v.clone().try_into::<Limits>() {
                 Ok(l) => l,
                 Err(e) => {
-                    problems.push(format!("{label}: [limits]: {}", e.message()));
+                    problems.push(format!(
+                        "{}{label}: [limits]: {}",
+                        at("limits"),
+                        e.message()
+                    ));
                     Limits::default()
                 }
             },
         };
         if !(limits.cpu_seconds > 0.0 && limits.cpu_seconds <= 86_400.0) {
-            problems.push(format!("{label}: limits.cpu_seconds must be in (0, 86400]"));
+            problems.push(format!(
+                "{}{label}: limits.cpu_seconds must be in (0, 86400]",
+                at("limits.cpu_seconds")
+            ));
         }
         if limits.memory_mib < 16 || limits.memory_mib > 4096 {
             problems.push(format!(
-                "{label}: limits.memory_mib must be from 16 to 4096"
+                "{}{label}: limits.memory_mib must be from 16 to 4096",
+                at("limits.memory_mib")
             ));
         }
         if limits.run_timeout_secs == 0 {
             problems.push(format!(
-                "{label}: limits.run_timeout_secs must be at least 1"
+                "{}{label}: limits.run_timeout_secs must be at least 1",
+                at("limits.run_timeout_secs")
             ));
         }
 
-        let filters = parse_filters(table.get("filter"), &label, text, &mut problems);
+        let filters = parse_filters(table.get("filter"), &label, at, &mut problems);
 
         if !problems.is_empty() {
             return Err(problems);
@@ -523,6 +582,7 @@ impl ConnectorConfig {
             host_url,
             allowed,
             interval_min,
+            enabled,
             principal,
             secret,
             limits,
@@ -587,7 +647,7 @@ impl ConnectorConfig {
 fn parse_filters(
     value: Option<&toml::Value>,
     label: &str,
-    text: &str,
+    at: &dyn Fn(&str) -> String,
     problems: &mut Vec<String>,
 ) -> Vec<LogFilter> {
     let Some(value) = value else {
@@ -595,7 +655,8 @@ fn parse_filters(
     };
     let Some(items) = value.as_array() else {
         problems.push(format!(
-            "{label}: `filter` must be a list of [[connector.filter]] tables"
+            "{}{label}: `filter` must be a list of [[connector.filter]] tables",
+            at("filter")
         ));
         return Vec::new();
     };
@@ -604,7 +665,12 @@ fn parse_filters(
         let raw: RawFilter = match item.clone().try_into() {
             Ok(r) => r,
             Err(e) => {
-                problems.push(format!("{label}: filter #{}: {}", i + 1, e.message()));
+                problems.push(format!(
+                    "{}{label}: filter #{}: {}",
+                    at(&format!("filter.{i}")),
+                    i + 1,
+                    e.message()
+                ));
                 continue;
             }
         };
@@ -612,13 +678,9 @@ fn parse_filters(
         match crate::search::Query::parse(&raw.drop) {
             Ok(drop) => filters.push(LogFilter { name, drop }),
             Err(e) => {
-                let line = text
-                    .lines()
-                    .position(|l| l.contains(raw.drop.as_str()))
-                    .map(|n| format!(" (line {})", n + 1))
-                    .unwrap_or_default();
                 problems.push(format!(
-                    "{label}: {name}{line}: drop = '{}' does not parse: {e}",
+                    "{}{label}: {name}: drop = '{}' does not parse: {e}",
+                    at(&format!("filter.{i}.drop")),
                     raw.drop
                 ));
             }
@@ -811,6 +873,37 @@ mod tests {
     }
 
     #[test]
+    fn problems_name_their_line() {
+        let text = GOOD.replace("interval_min = 5", "interval_min = 0");
+        let line = text
+            .lines()
+            .position(|l| l.contains("interval_min"))
+            .unwrap()
+            + 1;
+        let err = format!("{:#}", parse(&text).unwrap_err());
+        assert!(
+            err.contains("/etc/dphost/dphost.toml has 1 problem"),
+            "{err}"
+        );
+        assert!(
+            err.contains(&format!(
+                "line {line}: connector `acme-proofpoint_tap`: `interval_min`"
+            )),
+            "{err}"
+        );
+        // A missing key is reported at its table's header.
+        let text = GOOD.replace("tenant = \"acme\"", "");
+        let header = text
+            .lines()
+            .position(|l| l.contains("[[connector]]"))
+            .unwrap()
+            + 1;
+        let err = format!("{:#}", parse(&text).unwrap_err());
+        assert!(err.contains(&format!("line {header}: ")), "{err}");
+        assert!(err.contains("`tenant` is required"), "{err}");
+    }
+
+    #[test]
     fn duplicate_names_are_rejected() {
         let text = format!("{GOOD}\n{}", &GOOD[GOOD.find("[[connector]]").unwrap()..]);
         let err = format!("{:#}", parse(&text).unwrap_err());
@@ -837,7 +930,7 @@ mod tests {
             .position(|l| l.contains("(event_type:x"))
             .unwrap()
             + 1;
-        assert!(err.contains(&format!("filter #1 (line {line})")), "{err}");
+        assert!(err.contains(&format!("line {line}: connector")), "{err}");
         assert!(err.contains("not closed"), "{err}");
     }
 

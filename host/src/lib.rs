@@ -9,12 +9,17 @@
 //! - `search`: the query language of `dphost search`;
 //! - `commands`: the CLI's subcommands.
 
+pub mod admin;
 pub mod bindings;
 pub mod caps;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod config_lines;
+pub mod metrics;
 pub mod runtime;
 pub mod scheduler;
 pub mod search;
+pub mod status;
 pub mod store;
+pub mod validate;

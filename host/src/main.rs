@@ -30,6 +30,11 @@ struct Cli {
     #[arg(long, global = true, env = "DPHOST_LOG", default_value = "info")]
     log: String,
 
+    /// Log line format on stderr: human-readable text, or one JSON object
+    /// per line for log shippers.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "DPHOST_LOG_FORMAT")]
+    log_format: LogFormat,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -37,8 +42,19 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the scheduler: every connector every `interval_min` minutes, runs
-    /// of different tenants concurrently, until Ctrl-C.
-    Run,
+    /// of different tenants concurrently, until Ctrl-C or SIGTERM. SIGHUP
+    /// reloads the configuration (an invalid one is refused and the running
+    /// one kept).
+    Run {
+        /// Serve the admin API here: GET /status, /metrics, /healthz and
+        /// POST /connectors/{name}/test. E.g. 127.0.0.1:9180.
+        #[arg(long, value_name = "ADDR:PORT")]
+        admin: Option<std::net::SocketAddr>,
+        /// A file holding the bearer token the admin API requires; needed
+        /// when --admin is not a loopback address.
+        #[arg(long, value_name = "FILE", requires = "admin")]
+        admin_token_file: Option<PathBuf>,
+    },
     /// One collection cycle per connector (catching up to now), then exit.
     /// Exits non-zero if any connector failed.
     Once {
@@ -104,6 +120,12 @@ enum Command {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum StatusFormat {
     Table,
     Json,
@@ -119,7 +141,7 @@ enum Format {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    init_logging(&cli.log, cli.log_format);
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -135,7 +157,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         .build()?;
     rt.block_on(async move {
         match cli.command {
-            Command::Run => commands::run(&cli.config).await,
+            Command::Run {
+                admin,
+                admin_token_file,
+            } => {
+                let admin = admin
+                    .map(|addr| dphost::admin::AdminOptions::new(addr, admin_token_file.as_deref()))
+                    .transpose()?;
+                commands::run(&cli.config, admin).await
+            }
             Command::Once { connector } => commands::once(&cli.config, connector.as_deref()).await,
             Command::Test { name } => commands::test(&cli.config, &name).await,
             Command::Check => commands::check(&cli.config).await,
@@ -171,7 +201,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     })
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = std::env::var("RUST_LOG")
         .ok()
@@ -179,10 +209,12 @@ fn init_logging(filter: &str) {
         .or_else(|| EnvFilter::try_new(filter).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
 }

@@ -1,42 +1,139 @@
 //! `dphost run`: every connector on its own cadence, runs of different
-//! tenants concurrently (bounded), one run per connector at a time, and a
-//! clean shutdown on Ctrl-C or SIGTERM.
+//! tenants concurrently (bounded), one run per connector at a time, a
+//! configuration reload on SIGHUP, and a clean shutdown on Ctrl-C or SIGTERM.
 //!
 //! Shutdown never leaves a half-written batch: each commit is one
 //! transaction. Runs in progress get `shutdown_grace_secs` to finish; after
 //! that they are cancelled, which loses only uncommitted work that the next
 //! run collects again from the last checkpoint.
+//!
+//! A reload applies only a configuration that is valid as a whole, and only
+//! if it keeps each existing connector's tenant and component (its data is
+//! keyed by them) and the `[host]` table; otherwise the running
+//! configuration stays and the log says why.
 
+use crate::admin::AdminOptions;
 use crate::config::{Config, ConnectorConfig};
+use crate::metrics::Metrics;
 use crate::runtime::{CallReport, Operation, Runtime};
-use std::sync::Arc;
+use crate::store::now_ms;
+use anyhow::{bail, Result};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
-pub async fn run(config: Arc<Config>, runtime: Arc<Runtime>) -> anyhow::Result<()> {
+/// What a running host shares between its scheduler and its admin API.
+pub struct Host {
+    pub runtime: Arc<Runtime>,
+    pub metrics: Metrics,
+    config: RwLock<Arc<Config>>,
+    running: Mutex<HashSet<String>>,
+    /// Connection tests from the admin API run one at a time.
+    pub test_slot: tokio::sync::Mutex<()>,
+}
+
+impl Host {
+    pub fn new(config: Arc<Config>, runtime: Arc<Runtime>) -> Host {
+        Host {
+            runtime,
+            metrics: Metrics::new(),
+            config: RwLock::new(config),
+            running: Mutex::new(HashSet::new()),
+            test_slot: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The configuration in force (the last one loaded successfully).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().expect("config lock poisoned").clone()
+    }
+
+    pub fn is_running(&self, connector: &str) -> bool {
+        self.running
+            .lock()
+            .expect("running lock poisoned")
+            .contains(connector)
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.running.lock().expect("running lock poisoned").len()
+    }
+
+    /// Calls `operation` of `connector`, counting it in the metrics and the log.
+    pub async fn call(&self, connector: &ConnectorConfig, operation: Operation) -> CallReport {
+        self.running
+            .lock()
+            .expect("running lock poisoned")
+            .insert(connector.name.clone());
+        self.metrics.run_started();
+        let report = self.runtime.call(connector, operation).await;
+        self.metrics.run_ended();
+        self.running
+            .lock()
+            .expect("running lock poisoned")
+            .remove(&connector.name);
+        self.metrics.observe(&report);
+        log_report(&report);
+        report
+    }
+}
+
+/// One connector's loop: fed its configuration (None stops it).
+type LoopFeed = watch::Sender<Option<ConnectorConfig>>;
+
+pub async fn run(
+    config: Arc<Config>,
+    runtime: Arc<Runtime>,
+    admin: Option<AdminOptions>,
+) -> Result<()> {
+    let host = Arc::new(Host::new(config.clone(), runtime));
     let permits = Arc::new(Semaphore::new(config.host.max_concurrent_runs));
     let (stop_tx, stop_rx) = watch::channel(false);
+    if let Some(options) = admin {
+        crate::admin::start(options, host.clone(), stop_rx.clone()).await?;
+    }
+    let mut loops: HashMap<String, LoopFeed> = HashMap::new();
     let mut tasks = JoinSet::new();
-    for connector in config.connectors.iter().cloned() {
+    let spawn = |c: &ConnectorConfig, tasks: &mut JoinSet<()>| {
+        let (feed, rx) = watch::channel(Some(c.clone()));
         tasks.spawn(connector_loop(
-            connector,
-            runtime.clone(),
+            rx,
+            host.clone(),
             permits.clone(),
             stop_rx.clone(),
         ));
+        feed
+    };
+    for c in config.connectors.iter().filter(|c| c.enabled) {
+        loops.insert(c.name.clone(), spawn(c, &mut tasks));
     }
     tracing::info!(
-        "scheduler started: {} connector(s), at most {} runs at once; Ctrl-C stops",
-        config.connectors.len(),
-        config.host.max_concurrent_runs
+        "scheduler started: {} connector(s) ({} disabled), at most {} runs at once; Ctrl-C stops, SIGHUP reloads {}",
+        loops.len(),
+        config.connectors.len() - loops.len(),
+        config.host.max_concurrent_runs,
+        config.path.display()
     );
 
-    tokio::select! {
-        _ = shutdown_signal() => {}
-        _ = async { while tasks.join_next().await.is_some() {} } => {
-            tracing::warn!("every connector loop ended");
-            return Ok(());
+    let mut hangup = hangup_signal()?;
+    loop {
+        tokio::select! {
+            _ = shutdown_signal() => break,
+            _ = hangup.recv() => {
+                match reload(&host).await {
+                    Ok(new) => {
+                        apply(&new, &mut loops, &mut tasks, &spawn);
+                        *host.config.write().expect("config lock poisoned") = new;
+                    }
+                    Err(e) => tracing::error!(
+                        "configuration reload refused, still running the previous configuration: {e:#}"
+                    ),
+                }
+            }
+            Some(_) = tasks.join_next() => {}
         }
     }
     tracing::info!(
@@ -58,34 +155,150 @@ pub async fn run(config: Arc<Config>, runtime: Arc<Runtime>) -> anyhow::Result<(
     Ok(())
 }
 
+/// Reads the configuration file again and checks it may replace the
+/// running one.
+async fn reload(host: &Host) -> Result<Arc<Config>> {
+    let old = host.config();
+    let new = Config::load(&old.path)?;
+    check_reload(&old, &new, host.runtime.max_memory_mib())?;
+    let problems = crate::validate::problems(&new, &host.runtime).await;
+    if !problems.is_empty() {
+        bail!("{}", crate::validate::report(&new, &problems));
+    }
+    Ok(Arc::new(new))
+}
+
+/// What a reload may not change while the host runs.
+pub fn check_reload(old: &Config, new: &Config, max_memory_mib: u64) -> Result<()> {
+    let mut problems = Vec::new();
+    if old.host != new.host {
+        problems.push(
+            "[host] settings cannot change while dphost runs: restart it to apply them".to_string(),
+        );
+    }
+    for c in &new.connectors {
+        if let Some(o) = old.connectors.iter().find(|o| o.name == c.name) {
+            for (key, was, now) in [
+                ("tenant", &o.tenant, &c.tenant),
+                ("component", &o.component, &c.component),
+            ] {
+                if was != now {
+                    problems.push(format!(
+                        "{}connector `{}`: `{key}` cannot change from `{was}` to `{now}`: its data is kept under it; add a connector with a new name instead",
+                        new.at(&c.name, key),
+                        c.name
+                    ));
+                }
+            }
+        }
+        if c.limits.memory_mib > max_memory_mib {
+            problems.push(format!(
+                "{}connector `{}`: limits.memory_mib = {} is above the {max_memory_mib} MiB this host reserved at start: restart dphost to raise it",
+                new.at(&c.name, "limits.memory_mib"),
+                c.name,
+                c.limits.memory_mib
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "{} cannot be applied:\n  - {}",
+            new.path.display(),
+            problems.join("\n  - ")
+        );
+    }
+    Ok(())
+}
+
+/// Starts, updates and stops connector loops to match `new`.
+fn apply(
+    new: &Config,
+    loops: &mut HashMap<String, LoopFeed>,
+    tasks: &mut JoinSet<()>,
+    spawn: &impl Fn(&ConnectorConfig, &mut JoinSet<()>) -> LoopFeed,
+) {
+    let wanted: HashMap<&str, &ConnectorConfig> = new
+        .connectors
+        .iter()
+        .filter(|c| c.enabled)
+        .map(|c| (c.name.as_str(), c))
+        .collect();
+    let (mut added, mut removed) = (0, 0);
+    loops.retain(|name, feed| {
+        if wanted.contains_key(name.as_str()) {
+            return true;
+        }
+        // A run in progress finishes; the loop then ends.
+        let _ = feed.send(None);
+        removed += 1;
+        false
+    });
+    for (name, c) in wanted {
+        match loops.get(name) {
+            Some(feed) => {
+                let _ = feed.send(Some(c.clone()));
+            }
+            None => {
+                loops.insert(name.to_string(), spawn(c, tasks));
+                added += 1;
+            }
+        }
+    }
+    tracing::info!(
+        "configuration reloaded: {} connector(s) scheduled, {added} added, {removed} stopped",
+        loops.len()
+    );
+}
+
 async fn connector_loop(
-    connector: ConnectorConfig,
-    runtime: Arc<Runtime>,
+    mut feed: watch::Receiver<Option<ConnectorConfig>>,
+    host: Arc<Host>,
     permits: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let interval = Duration::from_secs(connector.interval_min * 60);
+    let mut last_start: Option<Instant> = None;
+    let mut retry_at: Option<Instant> = None;
     loop {
-        let started = tokio::time::Instant::now();
+        let Some(connector) = feed.borrow_and_update().clone() else {
+            return;
+        };
+        // Keep the cadence from the last run's start; a rate-limited
+        // connector waits as long as the API asked.
+        let interval = Duration::from_secs(connector.interval_min * 60);
+        let due = match last_start {
+            None => Instant::now(),
+            Some(s) => (s + interval).max(retry_at.unwrap_or(s)),
+        };
+        let due_ms = now_ms() + due.saturating_duration_since(Instant::now()).as_millis() as i64;
+        if let Err(e) = host.runtime.store.set_next_run(&connector.name, due_ms) {
+            tracing::warn!(connector = %connector.name, "cannot record the next run: {e:#}");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => {}
+            changed = feed.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
             _ = stop.wait_for(|s| *s) => return,
         };
+        host.metrics.schedule_lag(Instant::now() - due);
+        last_start = Some(Instant::now());
         // A run in progress is not interrupted by the stop signal: the
         // scheduler's grace period bounds it instead.
-        let report = runtime.call(&connector, Operation::Collect).await;
+        let report = host.call(&connector, Operation::Collect).await;
         drop(permit);
-        log_report(&report);
-        // Keep the cadence from the run's start; a rate-limited connector
-        // waits as long as the API asked.
-        let mut next = started + interval;
-        if let Some(wait) = report.result.as_ref().err().and_then(|f| f.retry_after()) {
-            next = next.max(tokio::time::Instant::now() + wait);
-        }
-        tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
+        retry_at = report
+            .result
+            .as_ref()
+            .err()
+            .and_then(|f| f.retry_after())
+            .map(|wait| Instant::now() + wait);
     }
 }
 
@@ -112,6 +325,12 @@ pub fn log_report(r: &CallReport) {
     }
 }
 
+#[cfg(unix)]
+fn hangup_signal() -> Result<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    Ok(signal(SignalKind::hangup())?)
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -124,4 +343,58 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, Path::new("/etc/dphost/dphost.toml")).unwrap()
+    }
+
+    const ONE: &str = r#"
+        [[connector]]
+        name = "a"
+        tenant = "acme"
+        component = "proofpoint_tap"
+        host_url = "http://127.0.0.1:9"
+    "#;
+
+    #[test]
+    fn reload_keeps_tenant_component_and_host() {
+        let old = config(ONE);
+        assert!(check_reload(
+            &old,
+            &config(&ONE.replace("http://127.0.0.1:9", "http://127.0.0.1:10")),
+            256
+        )
+        .is_ok());
+        let err = format!(
+            "{:#}",
+            check_reload(&old, &config(&ONE.replace("acme", "globex")), 256).unwrap_err()
+        );
+        assert!(
+            err.contains("`tenant` cannot change from `acme` to `globex`"),
+            "{err}"
+        );
+        assert!(err.contains("line 4: "), "{err}");
+        let err = format!(
+            "{:#}",
+            check_reload(
+                &old,
+                &config(&format!("[host]\ndata_dir = \"x\"\n{ONE}")),
+                256
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("[host] settings cannot change"), "{err}");
+        let bigger = format!("{ONE}\n[connector.limits]\nmemory_mib = 512\n");
+        let err = format!(
+            "{:#}",
+            check_reload(&old, &config(&bigger), 256).unwrap_err()
+        );
+        assert!(err.contains("restart dphost to raise it"), "{err}");
+    }
 }

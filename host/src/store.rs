@@ -205,7 +205,16 @@ CREATE TABLE IF NOT EXISTS request_budget (
     at_ms INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS request_budget_by_pool ON request_budget (pool, at_ms);
+
+-- When the scheduler of `dphost run` next starts each connector.
+CREATE TABLE IF NOT EXISTS schedule (
+    connector   TEXT PRIMARY KEY,
+    next_run_ms INTEGER NOT NULL
+);
 "#;
+
+/// Runs kept per connector in the history (`runs`).
+const RUNS_KEPT: i64 = 200;
 
 /// The schema version this build writes; bumped with every migration.
 const SCHEMA_VERSION: i64 = 1;
@@ -351,7 +360,70 @@ impl Store {
             run.summary,
             run.error
         ])?;
+        // The history is for status and troubleshooting: keep the newest
+        // runs, and always the last successful collection (its checkpoint).
+        conn.prepare_cached(
+            "DELETE FROM runs WHERE connector = ?1
+               AND id < (SELECT id FROM runs WHERE connector = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)
+               AND id IS NOT (SELECT max(id) FROM runs
+                              WHERE connector = ?1 AND operation = 'collect' AND outcome = 'ok')",
+        )?
+        .execute(params![run.connector, RUNS_KEPT - 1])?;
         Ok(())
+    }
+
+    /// The last successful collection of `connector`, however old.
+    pub fn last_ok_collect(&self, connector: &str) -> Result<Option<RunRecord>> {
+        let conn = self.reader.lock().expect("store reader poisoned");
+        let mut stmt = conn.prepare_cached(
+            "SELECT connector, tenant, operation, started_ms, ended_ms, outcome, summary, error
+             FROM runs WHERE connector = ?1 AND operation = 'collect' AND outcome = 'ok'
+             ORDER BY id DESC LIMIT 1",
+        )?;
+        Ok(stmt
+            .query_row(params![connector], |r| {
+                Ok(RunRecord {
+                    connector: r.get(0)?,
+                    tenant: r.get(1)?,
+                    operation: r.get(2)?,
+                    started_ms: r.get(3)?,
+                    ended_ms: r.get(4)?,
+                    outcome: r.get(5)?,
+                    summary: r.get(6)?,
+                    error: r.get(7)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Records when the scheduler next starts `connector`.
+    pub fn set_next_run(&self, connector: &str, next_run_ms: i64) -> Result<()> {
+        let conn = self.writer.lock().expect("store writer poisoned");
+        conn.prepare_cached(
+            "INSERT INTO schedule (connector, next_run_ms) VALUES (?1, ?2)
+             ON CONFLICT (connector) DO UPDATE SET next_run_ms = excluded.next_run_ms",
+        )?
+        .execute(params![connector, next_run_ms])?;
+        Ok(())
+    }
+
+    pub fn next_run(&self, connector: &str) -> Result<Option<i64>> {
+        let conn = self.reader.lock().expect("store reader poisoned");
+        let mut stmt =
+            conn.prepare_cached("SELECT next_run_ms FROM schedule WHERE connector = ?1")?;
+        Ok(stmt
+            .query_row(params![connector], |r| r.get(0))
+            .optional()?)
+    }
+
+    /// Requests taken per rate-limit pool since `since_ms`.
+    pub fn budget_used(&self, since_ms: i64) -> Result<Vec<(String, i64)>> {
+        let conn = self.reader.lock().expect("store reader poisoned");
+        let mut stmt = conn.prepare_cached(
+            "SELECT pool, count(*) FROM request_budget WHERE at_ms > ?1 GROUP BY pool ORDER BY pool",
+        )?;
+        let rows = stmt.query_map(params![since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// The most recent runs of `connector`, newest first.

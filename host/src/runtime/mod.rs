@@ -308,6 +308,8 @@ pub struct Runtime {
     pub components_dir: PathBuf,
     pub store: Arc<Store>,
     pub clock: Clock,
+    /// The largest memory cap the engine's instance pool was sized for.
+    max_memory_mib: u64,
 }
 
 impl Runtime {
@@ -347,7 +349,13 @@ impl Runtime {
             components_dir: config.host.components_dir.clone(),
             store,
             clock: config.host.clock(),
+            max_memory_mib,
         })
+    }
+
+    /// The largest `limits.memory_mib` this runtime can honour.
+    pub fn max_memory_mib(&self) -> u64 {
+        self.max_memory_mib
     }
 
     /// Calls one export of `connector`'s component in a fresh sandbox and

@@ -293,7 +293,9 @@ fn log_filters_drop_exactly_the_matching_records_and_count_them() -> Result<()> 
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr).to_string();
     assert!(
-        err.contains("no-blocked-clicks (line ") && err.contains("does not parse"),
+        err.contains("line ")
+            && err.contains("no-blocked-clicks: drop = '(event_type")
+            && err.contains("does not parse"),
         "{err}"
     );
     Ok(())

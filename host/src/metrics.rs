@@ -1,0 +1,286 @@
+//! What `GET /metrics` exposes, in the OpenMetrics text format that
+//! Prometheus scrapes.
+//!
+//! Counters are fed by each finished run (`observe`); gauges that describe
+//! the store (request budget used) are read when scraped. Label sets stay
+//! per connector, except the histograms, which are per operation so that
+//! thousands of tenants do not multiply the buckets.
+
+use crate::runtime::CallReport;
+use crate::store::Store;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::sync::Mutex;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectorLabels {
+    connector: String,
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    connector: String,
+    tenant: String,
+    operation: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    connector: String,
+    tenant: String,
+    event_type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PoolLabels {
+    pool: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    runs: Family<RunLabels, Counter>,
+    failures: Family<RunLabels, Counter>,
+    events: Family<EventLabels, Counter>,
+    records_written: Family<ConnectorLabels, Counter>,
+    duplicates: Family<ConnectorLabels, Counter>,
+    alerts: Family<ConnectorLabels, Counter>,
+    quarantined: Family<ConnectorLabels, Counter>,
+    filtered: Family<ConnectorLabels, Counter>,
+    requests: Family<ConnectorLabels, Counter>,
+    peak_memory: Family<ConnectorLabels, Gauge<f64, AtomicU64>>,
+    run_duration: HistogramFamily<OperationLabels>,
+    instance_memory: HistogramFamily<OperationLabels>,
+    schedule_lag: Histogram,
+    running: Gauge,
+    budget_used: Family<PoolLabels, Gauge>,
+    /// Serialises encoding with the scrape-time gauge refresh.
+    scrape: Mutex<()>,
+}
+
+fn duration_histogram() -> Histogram {
+    // 10 ms .. ~3 h
+    Histogram::new(exponential_buckets(0.01, 4.0, 10))
+}
+
+fn memory_histogram() -> Histogram {
+    // 1 MiB .. 4 GiB
+    Histogram::new(exponential_buckets(1048576.0, 4.0, 7))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("dphost");
+        let m = Metrics {
+            runs: Family::default(),
+            failures: Family::default(),
+            events: Family::default(),
+            records_written: Family::default(),
+            duplicates: Family::default(),
+            alerts: Family::default(),
+            quarantined: Family::default(),
+            filtered: Family::default(),
+            requests: Family::default(),
+            peak_memory: Family::default(),
+            run_duration: Family::new_with_constructor(duration_histogram),
+            instance_memory: Family::new_with_constructor(memory_histogram),
+            schedule_lag: Histogram::new(exponential_buckets(0.001, 4.0, 10)),
+            running: Gauge::default(),
+            budget_used: Family::default(),
+            scrape: Mutex::new(()),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "runs",
+            "Connector calls by operation and outcome",
+            m.runs.clone(),
+        );
+        registry.register(
+            "run_failures",
+            "Connector calls that did not succeed, by outcome",
+            m.failures.clone(),
+        );
+        registry.register(
+            "events_collected",
+            "Events collected, by event type, as the connector counted them",
+            m.events.clone(),
+        );
+        registry.register(
+            "records_written",
+            "Records newly stored (all indexes)",
+            m.records_written.clone(),
+        );
+        registry.register(
+            "records_duplicate",
+            "Records offered again and already stored (look-back, retries)",
+            m.duplicates.clone(),
+        );
+        registry.register(
+            "alerts_created",
+            "Alerts created, as the connector counted them",
+            m.alerts.clone(),
+        );
+        registry.register(
+            "records_quarantined",
+            "Records the connector could not parse, kept in the quarantine index",
+            m.quarantined.clone(),
+        );
+        registry.register(
+            "records_filtered",
+            "Syslog records dropped by the connector's log filters",
+            m.filtered.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "HTTP requests the connector sent to its API",
+            m.requests.clone(),
+        );
+        registry.register(
+            "instance_peak_memory_bytes",
+            "Peak linear memory of the connector's sandbox in its last run",
+            m.peak_memory.clone(),
+        );
+        registry.register(
+            "run_duration_seconds",
+            "Wall-clock duration of connector calls",
+            m.run_duration.clone(),
+        );
+        registry.register(
+            "instance_memory_bytes",
+            "Peak linear memory of sandboxes, per call",
+            m.instance_memory.clone(),
+        );
+        registry.register(
+            "schedule_lag_seconds",
+            "How late scheduled runs started (waiting for a free run slot)",
+            m.schedule_lag.clone(),
+        );
+        registry.register(
+            "runs_in_progress",
+            "Connector runs executing now",
+            m.running.clone(),
+        );
+        registry.register(
+            "request_budget_used",
+            "Requests taken from each vendor rate-limit pool in the last 24 hours",
+            m.budget_used.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts one finished call.
+    pub fn observe(&self, r: &CallReport) {
+        let who = ConnectorLabels {
+            connector: r.connector.clone(),
+            tenant: r.tenant.clone(),
+        };
+        let run = RunLabels {
+            connector: r.connector.clone(),
+            tenant: r.tenant.clone(),
+            operation: r.operation.as_str().to_string(),
+            outcome: r.status().to_string(),
+        };
+        self.runs.get_or_create(&run).inc();
+        if r.result.is_err() {
+            self.failures.get_or_create(&run).inc();
+        }
+        let op = OperationLabels {
+            operation: r.operation.as_str().to_string(),
+        };
+        self.run_duration
+            .get_or_create(&op)
+            .observe(r.elapsed.as_secs_f64());
+        if r.peak_memory > 0 {
+            self.instance_memory
+                .get_or_create(&op)
+                .observe(r.peak_memory as f64);
+            self.peak_memory
+                .get_or_create(&who)
+                .set(r.peak_memory as f64);
+        }
+        self.records_written
+            .get_or_create(&who)
+            .inc_by(r.sink.written);
+        self.duplicates
+            .get_or_create(&who)
+            .inc_by(r.sink.duplicates);
+        self.filtered.get_or_create(&who).inc_by(r.sink.filtered);
+        self.requests.get_or_create(&who).inc_by(r.requests);
+        // What the connector reports about its own work (a JSON summary).
+        let Some(summary) = r
+            .result
+            .as_ref()
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
+        else {
+            return;
+        };
+        let count = |key: &str| summary.get(key).and_then(|v| v.as_u64()).unwrap_or(0);
+        self.alerts
+            .get_or_create(&who)
+            .inc_by(count("alerts_created"));
+        self.quarantined
+            .get_or_create(&who)
+            .inc_by(count("quarantined"));
+        if let Some(by_type) = summary.get("by_type").and_then(|v| v.as_object()) {
+            for (event_type, n) in by_type {
+                let labels = EventLabels {
+                    connector: r.connector.clone(),
+                    tenant: r.tenant.clone(),
+                    event_type: event_type.clone(),
+                };
+                self.events
+                    .get_or_create(&labels)
+                    .inc_by(n.as_u64().unwrap_or(0));
+            }
+        }
+    }
+
+    /// A scheduled run started `lag` after it was due.
+    pub fn schedule_lag(&self, lag: std::time::Duration) {
+        self.schedule_lag.observe(lag.as_secs_f64());
+    }
+
+    pub fn run_started(&self) {
+        self.running.inc();
+    }
+
+    pub fn run_ended(&self) {
+        self.running.dec();
+    }
+
+    /// The exposition text, with store-backed gauges refreshed.
+    pub fn render(&self, store: &Store, now_ms: i64) -> anyhow::Result<String> {
+        let _one_at_a_time = self.scrape.lock().expect("metrics lock poisoned");
+        for (pool, used) in store.budget_used(now_ms - 86_400_000)? {
+            self.budget_used
+                .get_or_create(&PoolLabels { pool })
+                .set(used);
+        }
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)?;
+        Ok(text)
+    }
+}
+
+/// The content type of `render`'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

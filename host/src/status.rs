@@ -1,0 +1,189 @@
+//! Each connector's status, as `dphost status` and `GET /status` show it:
+//! derived from the store (run history, counts, schedule), so it is the same
+//! whether or not a `dphost run` is up, and survives restarts.
+//!
+//! State comes from the newest collection or connection test: a successful
+//! `dphost test` (or `POST /connectors/{name}/test`) after failures shows
+//! `ok` until the next collection says otherwise.
+
+use crate::config::{Config, ConnectorConfig};
+use crate::store::{Index, RunRecord, Store};
+use anyhow::Result;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectorStatus {
+    pub connector: String,
+    pub tenant: String,
+    pub component: String,
+    /// ok, failing, rate-limited, disabled or never-run.
+    pub state: &'static str,
+    pub last_run_start: Option<String>,
+    pub last_run_end: Option<String>,
+    /// The newest collection's outcome word (ok, failed, rate-limited, ...).
+    pub last_outcome: Option<String>,
+    /// The newest failure's explanation and what to do, if the newest
+    /// collection or test failed.
+    pub last_error: Option<String>,
+    pub last_success: Option<String>,
+    pub last_test: Option<String>,
+    pub last_test_outcome: Option<String>,
+    pub records: u64,
+    pub alerts: u64,
+    pub quarantined: u64,
+    /// As the connector counted them in its last successful run.
+    pub filtered_last_run: Option<u64>,
+    pub checkpoint: Option<String>,
+    /// How far the checkpoint is behind now.
+    pub lag_seconds: Option<i64>,
+    /// When `dphost run` next starts it (as last scheduled).
+    pub next_run: Option<String>,
+    pub interval_min: u64,
+    /// Only known to a running host (admin API): a run is executing now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub running: Option<bool>,
+}
+
+/// The status of every configured connector.
+pub fn all(config: &Config, store: &Store, now_ms: i64) -> Result<Vec<ConnectorStatus>> {
+    config
+        .connectors
+        .iter()
+        .map(|c| one(c, store, now_ms))
+        .collect()
+}
+
+pub fn one(c: &ConnectorConfig, store: &Store, now_ms: i64) -> Result<ConnectorStatus> {
+    let runs = store.recent_runs(&c.name, 50)?;
+    let newest = |op: &str| runs.iter().find(|r: &&RunRecord| r.operation == op);
+    let last_collect = newest("collect");
+    let last_test = newest("test-connection");
+    // The newest of the two decides the state.
+    let decisive = runs
+        .iter()
+        .find(|r| r.operation == "collect" || r.operation == "test-connection");
+    let last_ok = store.last_ok_collect(&c.name)?;
+    let summary: serde_json::Value = last_ok
+        .as_ref()
+        .and_then(|r| r.summary.as_deref())
+        .and_then(|s| serde_json::from_str(s).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let state = if !c.enabled {
+        "disabled"
+    } else {
+        match decisive.map(|r| r.outcome.as_str()) {
+            None => "never-run",
+            Some("ok") => "ok",
+            Some("rate-limited") => "rate-limited",
+            Some(_) => "failing",
+        }
+    };
+    let checkpoint = summary
+        .get("checkpoint")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    let lag_seconds = checkpoint
+        .as_deref()
+        .and_then(|c| {
+            time::OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map(|t| (now_ms / 1000 - t.unix_timestamp()).max(0));
+    Ok(ConnectorStatus {
+        connector: c.name.clone(),
+        tenant: c.tenant.clone(),
+        component: c.component.clone(),
+        state,
+        last_run_start: last_collect.map(|r| fmt_ms(r.started_ms)),
+        last_run_end: last_collect.map(|r| fmt_ms(r.ended_ms)),
+        last_outcome: last_collect.map(|r| r.outcome.clone()),
+        last_error: decisive.and_then(|r| r.error.clone()),
+        last_success: last_ok.as_ref().map(|r| fmt_ms(r.ended_ms)),
+        last_test: last_test.map(|r| fmt_ms(r.ended_ms)),
+        last_test_outcome: last_test.map(|r| r.outcome.clone()),
+        records: store.count(Index::Syslog, Some(&c.name))?,
+        alerts: store.count(Index::Alerts, Some(&c.name))?,
+        quarantined: store.count(Index::Quarantine, Some(&c.name))?,
+        filtered_last_run: summary.get("filtered").and_then(|v| v.as_u64()),
+        checkpoint,
+        lag_seconds,
+        next_run: if c.enabled {
+            store.next_run(&c.name)?.map(fmt_ms)
+        } else {
+            None
+        },
+        interval_min: c.interval_min,
+        running: None,
+    })
+}
+
+/// An aligned table with the main columns, and each last error below its row.
+pub fn table(rows: &[ConnectorStatus]) -> String {
+    let header = [
+        "CONNECTOR",
+        "TENANT",
+        "STATE",
+        "LAST RUN",
+        "NEXT RUN",
+        "RECORDS",
+        "ALERTS",
+        "QUARANTINED",
+        "CHECKPOINT",
+        "LAG",
+    ];
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let cells: Vec<[String; 10]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.connector.clone(),
+                r.tenant.clone(),
+                r.state.to_string(),
+                dash(&r.last_run_end),
+                dash(&r.next_run),
+                r.records.to_string(),
+                r.alerts.to_string(),
+                r.quarantined.to_string(),
+                dash(&r.checkpoint),
+                r.lag_seconds
+                    .map(|l| format!("{}m", l / 60))
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &cells {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: [&str; 10]| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = line(header);
+    out.push('\n');
+    for (row, r) in cells.iter().zip(rows) {
+        out.push_str(&line(row.each_ref().map(String::as_str)));
+        out.push('\n');
+        if let Some(e) = &r.last_error {
+            out.push_str(&format!("  last error: {e}\n"));
+        }
+    }
+    out
+}
+
+pub fn fmt_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}

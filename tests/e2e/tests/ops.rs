@@ -1,0 +1,374 @@
+//! Operating dphost: the admin API (status, metrics, health, connection
+//! tests), configuration reload on SIGHUP, whole-config validation with
+//! file lines, JSON logs, and secrets kept out of everything an operator sees.
+
+use anyhow::{bail, Context, Result};
+use e2e::*;
+use serde_json::Value;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A distinctive secret: it must never appear in logs, status or the API.
+const GOOD_SECRET: &str = "S3cr3t-6f1d2c9a-never-print-me";
+const WRONG_SECRET: &str = "Wr0ng-8a7b6c5d-never-print-me-either";
+const TOKEN: &str = "admin-token-0123456789abcdef";
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status();
+}
+
+struct Admin {
+    base: String,
+    client: reqwest::blocking::Client,
+}
+
+impl Admin {
+    fn get(&self, path: &str) -> Result<(u16, String)> {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()?;
+        Ok((r.status().as_u16(), r.text()?))
+    }
+
+    fn post(&self, path: &str) -> Result<(u16, Value)> {
+        let r = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(TOKEN)
+            .send()?;
+        let status = r.status().as_u16();
+        Ok((status, serde_json::from_str(&r.text()?)?))
+    }
+
+    fn status_of(&self, connector: &str) -> Result<Value> {
+        let (code, body) = self.get("/status")?;
+        if code != 200 {
+            bail!("/status answered {code}: {body}");
+        }
+        let rows: Vec<Value> = serde_json::from_str(&body)?;
+        rows.into_iter()
+            .find(|r| r["connector"] == connector)
+            .with_context(|| format!("no {connector} in /status: {body}"))
+    }
+
+    /// Polls `/status` until `pred` holds for `connector`.
+    fn wait_for(
+        &self,
+        connector: &str,
+        what: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<Value> {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(row) = self.status_of(connector) {
+                if pred(&row) {
+                    return Ok(row);
+                }
+                if Instant::now() > deadline {
+                    bail!("{connector}: {what} did not happen; last status: {row:#}");
+                }
+            } else if Instant::now() > deadline {
+                bail!("{connector}: /status never answered");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+fn connectors(sim: &Sim, b_secret: &str, a_tenant: &str, hold_url: &str) -> String {
+    format!(
+        "{}\n[[connector]]\nname = \"b\"\ntenant = \"tenant-b\"\ncomponent = \"proofpoint_tap\"\nhost_url = \"{}\"\nprincipal = \"{PRINCIPAL}\"\nsecret = \"{b_secret}\"\ninterval_min = 60\ninitial_lookback_hours = 1\n\n[[connector]]\nname = \"held\"\ntenant = \"tenant-c\"\ncomponent = \"proofpoint_tap\"\nhost_url = \"{hold_url}\"\nprincipal = \"{PRINCIPAL}\"\nsecret = \"{GOOD_SECRET}\"\nenabled = false\n",
+        tap_connector(
+            "a",
+            a_tenant,
+            sim,
+            "interval_min = 60\ninitial_lookback_hours = 1"
+        )
+        .replace(SECRET, GOOD_SECRET),
+        sim.url
+    )
+}
+
+#[test]
+fn admin_api_reload_and_secrets() -> Result<()> {
+    let sim = Sim::start(&["--seed", "8", "--rate", "120", "--secret", GOOD_SECRET])?;
+    // A server that accepts connections and never answers, so a connection
+    // test against it stays in progress while we try a second one.
+    let hold = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let hold_url = format!("http://{}", hold.local_addr()?);
+    let ws = Workspace::new()?;
+    ws.write_config(&connectors(&sim, WRONG_SECRET, "tenant-a", &hold_url))?;
+    std::fs::write(ws.dir.path().join("token"), format!("{TOKEN}\n"))?;
+    let port = free_port()?;
+    let log_path = ws.dir.path().join("run.log");
+    let mut child = Command::new(dphost_bin())
+        .args(["run", "--log-format", "json", "--log", "dphost=trace,info"])
+        .args([
+            "--admin",
+            &format!("127.0.0.1:{port}"),
+            "--admin-token-file",
+        ])
+        .arg(ws.dir.path().join("token"))
+        .arg("--config")
+        .arg(ws.config_path())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?)
+        .spawn()?;
+    let result = exercise(&ws, &sim, port, &child, hold, &hold_url);
+    signal(&child, "-TERM");
+    let _ = child.wait();
+    let log = std::fs::read_to_string(&log_path)?;
+    result.with_context(|| format!("dphost run log:\n{log}"))?;
+
+    // Every log line is one JSON object.
+    for line in log.lines() {
+        let v: Value =
+            serde_json::from_str(line).with_context(|| format!("not a JSON log line: {line}"))?;
+        assert!(
+            v.get("level").is_some() && v.get("fields").is_some(),
+            "{line}"
+        );
+    }
+    assert!(log.contains("configuration reloaded"), "{log}");
+    assert!(log.contains("configuration reload refused"), "{log}");
+    assert!(
+        log.contains("`tenant` cannot change from `tenant-a` to `tenant-z`"),
+        "{log}"
+    );
+
+    // Secrets appear nowhere an operator looks.
+    let status = ws.dphost(&["status", "--format", "json"])?;
+    let test = ws.dphost(&["test", "b"])?;
+    for (what, text) in [
+        ("the run log", log),
+        ("dphost status", text(&status)),
+        ("dphost test", text(&test)),
+    ] {
+        for secret in [GOOD_SECRET, WRONG_SECRET] {
+            assert!(!text.contains(secret), "{what} shows a secret:\n{text}");
+        }
+    }
+    Ok(())
+}
+
+fn exercise(
+    ws: &Workspace,
+    sim: &Sim,
+    port: u16,
+    child: &Child,
+    hold: std::net::TcpListener,
+    hold_url: &str,
+) -> Result<()> {
+    let admin = Admin {
+        base: format!("http://127.0.0.1:{port}"),
+        client: reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()?,
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while admin.get("/healthz").map(|(c, _)| c).ok() != Some(200) {
+        if Instant::now() > deadline {
+            bail!("the admin API never became healthy");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (code, _) = admin.get("/healthz")?;
+    assert_eq!(code, 200);
+    // Without the token: refused.
+    let anon = admin.client.get(format!("{}/status", admin.base)).send()?;
+    assert_eq!(anon.status().as_u16(), 401);
+
+    let a = admin.wait_for("a", "a successful collection", |r| r["state"] == "ok")?;
+    assert!(a["records"].as_u64().unwrap() > 0, "{a:#}");
+    assert!(a["next_run"].is_string(), "{a:#}");
+    assert!(a["checkpoint"].is_string(), "{a:#}");
+    assert_eq!(a["running"], false, "{a:#}");
+    let b = admin.wait_for("b", "a failing collection", |r| r["state"] == "failing")?;
+    let err = b["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains("HTTP 401"), "{b:#}");
+    assert!(err.to_lowercase().contains("credential"), "{b:#}");
+    assert_eq!(admin.status_of("held")?["state"], "disabled");
+
+    let (code, metrics) = admin.get("/metrics")?;
+    assert_eq!(code, 200);
+    for needle in [
+        r#"dphost_runs_total{connector="a",tenant="tenant-a",operation="collect",outcome="ok"} 1"#,
+        r#"dphost_run_failures_total{connector="b",tenant="tenant-b",operation="collect",outcome="failed"} 1"#,
+        r#"dphost_events_collected_total{connector="a",tenant="tenant-a",event_type="clickPermitted"}"#,
+        "dphost_run_duration_seconds_bucket",
+        "dphost_instance_peak_memory_bytes{",
+        "dphost_request_budget_used{pool=",
+        "dphost_records_written_total{",
+        "dphost_alerts_created_total{",
+        "dphost_records_quarantined_total{",
+        "dphost_schedule_lag_seconds_count 2",
+    ] {
+        assert!(metrics.contains(needle), "no {needle} in\n{metrics}");
+    }
+    // The events counted by type add up to the events stored.
+    let counted: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with(r#"dphost_events_collected_total{connector="a""#))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    let stored = ws
+        .search(
+            "syslog",
+            "msg_class:proofpoint_tap_event AND tenant_name:tenant-a AND (event_type:messageBlocked OR event_type:messageDelivered OR event_type:clickBlocked OR event_type:clickPermitted)",
+        )?
+        .len() as u64;
+    assert!(stored > 0);
+    assert_eq!(counted, stored, "{metrics}");
+
+    // Connection tests: unknown name, one at a time.
+    let (code, body) = admin.post("/connectors/nope/test")?;
+    assert_eq!(code, 404, "{body}");
+    let held = {
+        let base = admin.base.clone();
+        std::thread::spawn(move || {
+            reqwest::blocking::Client::new()
+                .post(format!("{base}/connectors/held/test"))
+                .bearer_auth(TOKEN)
+                .send()
+                .map(|r| r.status().as_u16())
+        })
+    };
+    // Wait until the held test's request reached the silent server.
+    let (stream, _) = hold.accept()?;
+    let (code, body) = admin.post("/connectors/a/test")?;
+    assert_eq!(code, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("already running"));
+    drop(stream);
+    drop(hold);
+    let held_code = held.join().expect("thread")?;
+    assert_eq!(
+        held_code, 502,
+        "the held test fails once its server goes away ({hold_url})"
+    );
+
+    // Reload with b's secret fixed: b's test passes and clears its state.
+    ws.write_config(&connectors(sim, GOOD_SECRET, "tenant-a", hold_url))?;
+    signal(child, "-HUP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = admin.post("/connectors/b/test")?;
+        if code == 200 {
+            assert_eq!(body["ok"], true, "{body}");
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("b's connection test never passed after the reload: {body}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let b = admin.status_of("b")?;
+    assert_eq!(
+        b["state"], "ok",
+        "a passed test clears the failed state: {b:#}"
+    );
+    assert!(b["last_error"].is_null(), "{b:#}");
+
+    // A reload that changes a's tenant is refused; the old config stays.
+    ws.write_config(&connectors(sim, GOOD_SECRET, "tenant-z", hold_url))?;
+    signal(child, "-HUP");
+    // And one that is not even TOML.
+    std::thread::sleep(Duration::from_millis(500));
+    std::fs::write(ws.config_path(), "[[connector]\nname = ")?;
+    signal(child, "-HUP");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(admin.status_of("a")?["tenant"], "tenant-a");
+    let (code, _) = admin.get("/healthz")?;
+    assert_eq!(code, 200, "still running on the previous configuration");
+
+    // Secrets stay out of the admin API.
+    let (_, status) = admin.get("/status")?;
+    let (_, metrics) = admin.get("/metrics")?;
+    for text in [status, metrics] {
+        assert!(!text.contains(GOOD_SECRET) && !text.contains(WRONG_SECRET));
+    }
+    // Restore a valid file for the `dphost status`/`test` checks after.
+    ws.write_config(&connectors(sim, WRONG_SECRET, "tenant-a", hold_url))?;
+    Ok(())
+}
+
+#[test]
+fn admin_api_off_loopback_needs_a_token() -> Result<()> {
+    let ws = Workspace::new()?;
+    ws.write_config("")?;
+    let port = free_port()?;
+    let out = ws.dphost(&["run", "--admin", &format!("0.0.0.0:{port}")])?;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("not loopback, without a token"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+#[test]
+fn invalid_configs_name_file_and_line_and_run_refuses_them() -> Result<()> {
+    let sim = Sim::start(&["--seed", "1"])?;
+    let ws = Workspace::new()?;
+    // A component key misspelled: found by the component's own validation.
+    ws.write_config(&tap_connector(
+        "a",
+        "tenant-a",
+        &sim,
+        "interval_min = 5\ncontent_type = [\"events\"]",
+    ))?;
+    let cfg = std::fs::read_to_string(ws.config_path())?;
+    let line = cfg
+        .lines()
+        .position(|l| l.starts_with("content_type"))
+        .unwrap()
+        + 1;
+    let check = ws.dphost(&["check"])?;
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
+    let want = format!("dphost.toml: line {line}: unknown key `content_type`");
+    assert!(
+        text(&check).contains(&want),
+        "{want} not in\n{}",
+        text(&check)
+    );
+    let run = ws.dphost(&["run"])?;
+    assert_eq!(run.status.code(), Some(2), "{}", text(&run));
+    assert!(text(&run).contains(&format!("line {line}: unknown key `content_type`")));
+    assert!(text(&run).contains("nothing was started"), "{}", text(&run));
+
+    // Host keys: each problem with its line, all at once.
+    let bad = tap_connector("acmé", "", &sim, "interval_min = 0").replace(
+        &format!("host_url = \"{}\"", sim.url),
+        "host_url = \"http://tap.example.com\"",
+    );
+    ws.write_config(&bad)?;
+    let cfg = std::fs::read_to_string(ws.config_path())?;
+    let line_of = |key: &str| cfg.lines().position(|l| l.starts_with(key)).unwrap() + 1;
+    let check = ws.dphost(&["check"])?;
+    assert_eq!(check.status.code(), Some(2), "{}", text(&check));
+    let out = text(&check);
+    assert!(out.contains("dphost.toml has 4 problem(s)"), "{out}");
+    for (key, says) in [
+        ("name", "non-ASCII (multibyte)"),
+        ("tenant", "`tenant` must not be empty"),
+        ("interval_min", "`interval_min` must be a whole number"),
+        ("host_url", "must use https"),
+    ] {
+        let want = format!("line {}: ", line_of(key));
+        assert!(
+            out.lines().any(|l| l.contains(&want) && l.contains(says)),
+            "{key}: `{want}…{says}` not in\n{out}"
+        );
+    }
+    Ok(())
+}
