@@ -33,8 +33,7 @@ pub async fn run(config_path: &Path, admin: Option<AdminOptions>) -> Result<Exit
     let problems = validate::problems(&config, &runtime).await;
     if !problems.is_empty() {
         bail!(
-            "{}
-nothing was started: fix these (`dphost check` lists them) and start again",
+            "{}\nnothing was started: fix these (`dphost check` lists them) and start again",
             validate::report(&config, &problems)
         );
     }
