@@ -20,9 +20,9 @@ pub enum OutputFormat {
 
 pub async fn run(config_path: &Path) -> Result<ExitCode> {
     let config = Arc::new(Config::load(config_path)?);
-    if config.connectors.is_empty() {
+    if config.connectors.is_empty() && config.outputs.is_empty() {
         bail!(
-            "{} configures no [[connector]]: nothing to run",
+            "{} configures no [[connector]] and no [[output]]: nothing to run",
             config_path.display()
         );
     }
@@ -174,6 +174,9 @@ pub async fn check(config_path: &Path) -> Result<ExitCode> {
                 println!("{}: {f}", c.name);
             }
         }
+    }
+    for o in &config.outputs {
+        println!("output {}: ok ({})", o.name, o.destination());
     }
     println!(
         "{}: {} connector(s), {} with problems",

@@ -7,6 +7,7 @@
 //! - `store`: the embedded SQLite store (state, indexes, outbox, run history);
 //! - `scheduler`: `dphost run`;
 //! - `search`: the query language of `dphost search`;
+//! - `forward`: `[[output]]`s shipping the Syslog and Alerts indexes to a SIEM;
 //! - `commands`: the CLI's subcommands.
 
 pub mod bindings;
@@ -14,6 +15,7 @@ pub mod caps;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod forward;
 pub mod runtime;
 pub mod scheduler;
 pub mod search;

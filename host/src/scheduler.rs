@@ -26,6 +26,11 @@ pub async fn run(config: Arc<Config>, runtime: Arc<Runtime>) -> anyhow::Result<(
             stop_rx.clone(),
         ));
     }
+    // Each [[output]] forwards on its own, whatever the connectors do.
+    for output in config.outputs.iter().cloned() {
+        let store = runtime.store.clone();
+        tasks.spawn(crate::forward::run_output(store, output, stop_rx.clone()));
+    }
     tracing::info!(
         "scheduler started: {} connector(s), at most {} runs at once; Ctrl-C stops",
         config.connectors.len(),
