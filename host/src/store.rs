@@ -273,7 +273,8 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)
                  ON CONFLICT (connector, idx, record_id)
                  DO UPDATE SET body = excluded.body, updated_ms = excluded.updated_ms,
-                               change_seq = excluded.change_seq",
+                               change_seq = CASE WHEN records.body = excluded.body
+                                            THEN records.change_seq ELSE excluded.change_seq END",
             )?;
             // Inside this IMMEDIATE transaction no other writer runs, so the
             // change sequence grows in commit order (see `migrate_forwarding`).
@@ -534,7 +535,7 @@ impl Store {
 
 /// Forwarding (`crate::forward`) needs a cursor that also sees updates: an
 /// upserted alert keeps its `seq` but must be shipped again. `change_seq` is
-/// set on every insert and every upsert to one more than the largest stored
+/// set on every insert and every upsert that changes the body to one more than the largest stored
 /// value, inside the writer's IMMEDIATE transaction, so it grows in commit
 /// order and a reader never sees a higher value committed before a lower one.
 /// Records are never deleted, so a value is never handed out twice (a

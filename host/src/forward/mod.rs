@@ -369,6 +369,15 @@ mod tests {
         let batch = next_batch(&store, &out, 10).unwrap();
         assert_eq!(ids(&batch), ["a1"]);
         assert_eq!(batch[0].body, r#"{"count":2}"#);
+        // Upserting the same body again is no change either.
+        commit(
+            &store,
+            &[(Index::Alerts, "a1", r#"{"count":2}"#, WriteMode::Upsert)],
+        );
+        assert_eq!(
+            next_batch(&store, &out, 10).unwrap()[0].change_seq,
+            batch[0].change_seq
+        );
 
         let status =
             output_status(&store, std::slice::from_ref(&out), crate::store::now_ms()).unwrap();

@@ -1,9 +1,9 @@
 //! Forwarding to a real rsyslog (tests/rsyslog/rsyslog.sh) on loopback, over
 //! TCP and over TLS, and to rotated NDJSON files: every record (every
 //! version of an updated alert) arrives once per delivery attempt, across a
-//! restart of the forwarder, a restart of rsyslog, and records written while
-//! either was down; TLS is verified against the test CA, and an output
-//! trusting another CA delivers nothing.
+//! crash and restart of the forwarder, a restart of rsyslog, and records
+//! written while either was down; TLS is verified against the test CA, and
+//! an output trusting another CA delivers nothing.
 
 use anyhow::{bail, Context, Result};
 use e2e::*;
@@ -166,6 +166,14 @@ impl Forwarder {
     fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             terminate(&mut child);
+        }
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    fn crash(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 
@@ -426,9 +434,9 @@ indexes = ["syslog", "alerts"]
     let n1 = dest.settle(&ws, &fwd, "first start")?;
     assert!(n1 > 10, "only {n1} records to forward");
 
-    // 2. Records written while the forwarder is stopped go out after its
-    //    restart; nothing already delivered is sent again.
-    fwd.stop();
+    // 2. Records written while the forwarder is down (killed) go out after
+    //    its restart; nothing already delivered is sent again.
+    fwd.crash();
     collect("acme-c2")?;
     fwd.restart()?;
     let n2 = dest.settle(&ws, &fwd, "forwarder restart")?;
@@ -471,7 +479,10 @@ indexes = ["syslog", "alerts"]
     // The NDJSON output rotated (several files, each whole lines).
     let files = ndjson_files(&spool);
     assert!(files.len() >= 3, "no rotation: {files:?}");
-    assert!(spool.join("files.ndjson").exists() || files.len() > 1);
+    eprintln!(
+        "forwarded {n1}, then {n2}, then {n3} records to each of 3 destinations; {} ndjson files",
+        files.len()
+    );
 
     // RFC 5424 fields as rsyslog parsed them.
     let msgs = rs.messages("tls");
