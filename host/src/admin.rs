@@ -1,7 +1,8 @@
 //! The admin API of `dphost run --admin ADDR`:
 //!
 //! - `GET /healthz`: 200 while the host runs (with how many connectors run now);
-//! - `GET /status`: every connector's status, as `dphost status --format json`;
+//! - `GET /status`: every connector's and output's status, as
+//!   `dphost status --format json`;
 //! - `GET /metrics`: OpenMetrics text for Prometheus;
 //! - `POST /connectors/{name}/test`: the connection test, one at a time
 //!   (a second request while one runs gets 409).
@@ -164,11 +165,11 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
     let rows = tokio::task::spawn_blocking(move || {
         let config = host.config();
         let now_ms = config.host.clock().now_ms()?;
-        let mut rows = crate::status::all(&config, &host.runtime.store, now_ms)?;
-        for r in &mut rows {
+        let mut status = crate::status::host(&config, &host.runtime.store, now_ms)?;
+        for r in &mut status.connectors {
             r.running = Some(host.is_running(&r.connector));
         }
-        anyhow::Ok(rows)
+        anyhow::Ok(status)
     })
     .await;
     match rows {
@@ -187,8 +188,9 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     let host = state.host.clone();
     let text = tokio::task::spawn_blocking(move || {
-        let now_ms = host.config().host.clock().now_ms()?;
-        host.metrics.render(&host.runtime.store, now_ms)
+        let config = host.config();
+        let now_ms = config.host.clock().now_ms()?;
+        host.metrics.render(&config, &host.runtime.store, now_ms)
     })
     .await;
     match text {

@@ -22,9 +22,9 @@ pub enum OutputFormat {
 
 pub async fn run(config_path: &Path, admin: Option<AdminOptions>) -> Result<ExitCode> {
     let config = Arc::new(Config::load(config_path)?);
-    if config.connectors.is_empty() {
+    if config.connectors.is_empty() && config.outputs.is_empty() {
         bail!(
-            "{} configures no [[connector]]: nothing to run",
+            "{} configures no [[connector]] and no [[output]]: nothing to run",
             config_path.display()
         );
     }
@@ -186,6 +186,9 @@ pub async fn check(config_path: &Path) -> Result<ExitCode> {
             }
         }
     }
+    for o in &config.outputs {
+        println!("output {}: ok ({})", o.name, o.destination());
+    }
     println!(
         "{}: {} connector(s), {} with problems",
         config_path.display(),
@@ -327,12 +330,13 @@ pub fn status(config_path: &Path, json: bool) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
     let store = Store::open(&config.host.data_dir)?;
     let now_ms = config.host.clock().now_ms()?;
-    let rows = crate::status::all(&config, &store, now_ms)?;
+    let status = crate::status::host(&config, &store, now_ms)?;
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
     } else {
-        write!(out, "{}", crate::status::table(&rows))?;
+        write!(out, "{}", crate::status::table(&status.connectors))?;
+        write!(out, "{}", crate::status::outputs_table(&status.outputs))?;
     }
     Ok(ExitCode::SUCCESS)
 }

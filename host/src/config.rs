@@ -23,6 +23,8 @@ pub struct Config {
     pub lines: KeyLines,
     pub host: HostConfig,
     pub connectors: Vec<ConnectorConfig>,
+    /// `[[output]]`: where records are forwarded (see `crate::forward`).
+    pub outputs: Vec<OutputConfig>,
 }
 
 /// `[host]`: where the host keeps its data and finds its components.
@@ -265,6 +267,8 @@ struct RawFile {
     host: Option<HostConfig>,
     #[serde(default)]
     connector: Vec<toml::Table>,
+    #[serde(default)]
+    output: Vec<toml::Table>,
 }
 
 impl HostConfig {
@@ -328,6 +332,7 @@ impl Config {
                 }
             }
         }
+        let outputs = parse_outputs(raw.output, &base, &mut problems);
         if !problems.is_empty() {
             bail!(
                 "{} has {} problem(s):\n  - {}",
@@ -341,6 +346,7 @@ impl Config {
             lines,
             host,
             connectors,
+            outputs,
         })
     }
 
@@ -776,6 +782,275 @@ fn toml_to_json(v: toml::Value) -> serde_json::Value {
     }
 }
 
+/// `[[output]]`: one destination the Syslog and Alerts indexes are
+/// forwarded to, with its own cursor (kept under `name`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputConfig {
+    /// Unique; the key of its cursor (renaming an output starts it over).
+    pub name: String,
+    pub indexes: Vec<crate::store::Index>,
+    pub kind: OutputKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputKind {
+    Syslog(SyslogOutput),
+    Ndjson(NdjsonOutput),
+}
+
+/// RFC 5424 messages over TCP, octet-counted (RFC 6587), optionally TLS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyslogOutput {
+    /// `host:port` as written.
+    pub address: String,
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+    /// PEM CA certificates the server's certificate must chain to; without
+    /// it (and with `tls`), the public web PKI roots.
+    pub ca_file: Option<PathBuf>,
+    /// Syslog facility number (0-23).
+    pub facility: u8,
+}
+
+/// NDJSON files in a folder, rotated by size and age.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NdjsonOutput {
+    pub dir: PathBuf,
+    pub rotate_bytes: u64,
+    pub rotate_secs: u64,
+}
+
+impl OutputConfig {
+    /// `syslog siem.example:6514 (tls)` / `ndjson /var/spool/dphost`.
+    pub fn destination(&self) -> String {
+        match &self.kind {
+            OutputKind::Syslog(s) => {
+                format!("syslog {}{}", s.address, if s.tls { " (tls)" } else { "" })
+            }
+            OutputKind::Ndjson(n) => format!("ndjson {}", n.dir.display()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutput {
+    name: Option<String>,
+    kind: String,
+    indexes: Option<Vec<String>>,
+    address: Option<String>,
+    tls: Option<bool>,
+    ca_file: Option<PathBuf>,
+    facility: Option<toml::Value>,
+    path: Option<PathBuf>,
+    rotate_mib: Option<toml::Value>,
+    rotate_secs: Option<u64>,
+}
+
+const FACILITIES: [&str; 24] = [
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv",
+    "ftp", "ntp", "audit", "alert", "clock", "local0", "local1", "local2", "local3", "local4",
+    "local5", "local6", "local7",
+];
+
+fn parse_outputs(
+    tables: Vec<toml::Table>,
+    base: &Path,
+    problems: &mut Vec<String>,
+) -> Vec<OutputConfig> {
+    let mut outputs: Vec<OutputConfig> = Vec::new();
+    for (i, table) in tables.into_iter().enumerate() {
+        let at = format!("[[output]] #{}", i + 1);
+        let raw: RawOutput = match toml::Value::Table(table).try_into() {
+            Ok(r) => r,
+            Err(e) => {
+                problems.push(format!("{at}: {}", e.message().trim()));
+                continue;
+            }
+        };
+        match output_from_raw(raw, base) {
+            Ok(o) => {
+                if outputs.iter().any(|p| p.name == o.name) {
+                    problems.push(format!(
+                        "{at}: a second output named `{}`: give each output its own `name` (its forwarding cursor is kept under it)",
+                        o.name
+                    ));
+                } else {
+                    outputs.push(o);
+                }
+            }
+            Err(errs) => problems.extend(errs.into_iter().map(|e| format!("{at}: {e}"))),
+        }
+    }
+    outputs
+}
+
+fn output_from_raw(raw: RawOutput, base: &Path) -> std::result::Result<OutputConfig, Vec<String>> {
+    use crate::store::Index;
+    let mut problems = Vec::new();
+    let name = raw.name.clone().unwrap_or_else(|| raw.kind.clone());
+    if let Err(e) = check_name(&name) {
+        problems.push(format!("output name {e}"));
+    }
+    let mut indexes = Vec::new();
+    for i in raw
+        .indexes
+        .unwrap_or_else(|| vec!["syslog".into(), "alerts".into()])
+    {
+        match i.as_str() {
+            "syslog" => indexes.push(Index::Syslog),
+            "alerts" => indexes.push(Index::Alerts),
+            other => problems.push(format!(
+                "`indexes` has `{other}`: an output forwards `syslog` and/or `alerts`"
+            )),
+        }
+    }
+    indexes.dedup();
+    if indexes.is_empty() && problems.is_empty() {
+        problems.push("`indexes` is empty: list `syslog` and/or `alerts`".into());
+    }
+    let not_for = |key: &str, present: bool, kind: &str, problems: &mut Vec<String>| {
+        if present {
+            problems.push(format!(
+                "`{key}` does not apply to a `{kind}` output: remove it"
+            ));
+        }
+    };
+    let kind = match raw.kind.as_str() {
+        "syslog" => {
+            not_for("path", raw.path.is_some(), "syslog", &mut problems);
+            not_for(
+                "rotate_mib",
+                raw.rotate_mib.is_some(),
+                "syslog",
+                &mut problems,
+            );
+            not_for(
+                "rotate_secs",
+                raw.rotate_secs.is_some(),
+                "syslog",
+                &mut problems,
+            );
+            let tls = raw.tls.unwrap_or(false);
+            if raw.ca_file.is_some() && !tls {
+                problems.push("`ca_file` is set but `tls` is not: add `tls = true` (the CA verifies the SIEM's certificate)".into());
+            }
+            let ca_file = raw.ca_file.map(|f| anchor(base, &f));
+            if let Some(f) = &ca_file {
+                match std::fs::read(f) {
+                    Ok(pem) if pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") => {}
+                    Ok(_) => problems.push(format!(
+                        "`ca_file` {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                        f.display()
+                    )),
+                    Err(e) => {
+                        problems.push(format!("`ca_file` {} cannot be read: {e}", f.display()))
+                    }
+                }
+            }
+            let facility = match &raw.facility {
+                None => 16,
+                Some(toml::Value::Integer(n)) if (0..24).contains(n) => *n as u8,
+                Some(toml::Value::String(s)) if FACILITIES.contains(&s.as_str()) => {
+                    FACILITIES.iter().position(|f| f == s).unwrap_or(16) as u8
+                }
+                Some(other) => {
+                    problems.push(format!(
+                        "`facility` {other} is not a syslog facility: use 0-23 or a name such as local0, auth, audit"
+                    ));
+                    16
+                }
+            };
+            match raw.address.as_deref().map(split_host_port) {
+                None => {
+                    problems.push("`address` is required for a syslog output: \"host:port\" of the SIEM's syslog listener".into());
+                    None
+                }
+                Some(Err(e)) => {
+                    problems.push(e);
+                    None
+                }
+                Some(Ok((host, port))) => Some(OutputKind::Syslog(SyslogOutput {
+                    address: raw.address.clone().unwrap_or_default(),
+                    host,
+                    port,
+                    tls,
+                    ca_file,
+                    facility,
+                })),
+            }
+        }
+        "ndjson" => {
+            not_for("address", raw.address.is_some(), "ndjson", &mut problems);
+            not_for("tls", raw.tls.is_some(), "ndjson", &mut problems);
+            not_for("ca_file", raw.ca_file.is_some(), "ndjson", &mut problems);
+            not_for("facility", raw.facility.is_some(), "ndjson", &mut problems);
+            let rotate_mib = match &raw.rotate_mib {
+                None => Some(64.0),
+                Some(toml::Value::Integer(n)) => Some(*n as f64),
+                Some(toml::Value::Float(f)) => Some(*f),
+                Some(other) => {
+                    problems.push(format!(
+                        "`rotate_mib` must be a number, not {}",
+                        other.type_str()
+                    ));
+                    None
+                }
+            };
+            let rotate_bytes = rotate_mib.map(|m| (m * 1024.0 * 1024.0) as u64);
+            if matches!(rotate_bytes, Some(b) if b < 1024) {
+                problems.push("`rotate_mib` must be at least 0.001 (1 KiB)".into());
+            }
+            let rotate_secs = raw.rotate_secs.unwrap_or(3600);
+            if rotate_secs == 0 {
+                problems.push("`rotate_secs` must be at least 1".into());
+            }
+            match raw.path {
+                None => {
+                    problems.push("`path` is required for an ndjson output: the folder the files are written to".into());
+                    None
+                }
+                Some(p) => Some(OutputKind::Ndjson(NdjsonOutput {
+                    dir: anchor(base, &p),
+                    rotate_bytes: rotate_bytes.unwrap_or(0),
+                    rotate_secs,
+                })),
+            }
+        }
+        other => {
+            problems.push(format!(
+                "`kind = \"{other}\"` is unknown: use \"syslog\" or \"ndjson\""
+            ));
+            None
+        }
+    };
+    match kind {
+        Some(kind) if problems.is_empty() => Ok(OutputConfig {
+            name,
+            indexes,
+            kind,
+        }),
+        _ => Err(problems),
+    }
+}
+
+/// `host:port`, `[v6]:port`.
+fn split_host_port(address: &str) -> std::result::Result<(String, u16), String> {
+    let bad = || {
+        format!(
+            "`address` {address:?} is not host:port (e.g. \"siem.example:6514\", \"[::1]:6514\")"
+        )
+    };
+    let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok((host.to_string(), port))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -962,5 +1237,107 @@ mod tests {
             .credential()
             .unwrap_err();
         assert!(format!("{err:#}").contains("DPHOST_TEST_UNSET_VAR"));
+    }
+
+    #[test]
+    fn outputs_parse_with_defaults_and_anchored_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("ca.pem"),
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let text = r#"
+            [[output]]
+            name = "siem"
+            kind = "syslog"
+            address = "siem.example:6514"
+            tls = true
+            ca_file = "ca.pem"
+            [[output]]
+            kind = "ndjson"
+            path = "spool"
+            indexes = ["alerts"]
+            rotate_mib = 0.5
+        "#;
+        let c = Config::parse(text, &dir.path().join("dphost.toml")).unwrap();
+        assert_eq!(c.outputs.len(), 2);
+        assert_eq!(c.outputs[0].name, "siem");
+        assert_eq!(
+            c.outputs[0].indexes,
+            vec![crate::store::Index::Syslog, crate::store::Index::Alerts]
+        );
+        match &c.outputs[0].kind {
+            OutputKind::Syslog(s) => {
+                assert_eq!(
+                    (s.host.as_str(), s.port, s.tls, s.facility),
+                    ("siem.example", 6514, true, 16)
+                );
+                assert_eq!(
+                    s.ca_file.as_deref(),
+                    Some(dir.path().join("ca.pem").as_path())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(c.outputs[1].name, "ndjson");
+        assert_eq!(c.outputs[1].indexes, vec![crate::store::Index::Alerts]);
+        match &c.outputs[1].kind {
+            OutputKind::Ndjson(n) => {
+                assert_eq!(n.dir, dir.path().join("spool"));
+                assert_eq!((n.rotate_bytes, n.rotate_secs), (512 * 1024, 3600));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_outputs_are_explained() {
+        let err = format!(
+            "{:#}",
+            parse(
+                r#"
+                [[output]]
+                kind = "kafka"
+                [[output]]
+                kind = "syslog"
+                address = "no-port"
+                path = "x"
+                ca_file = "/nonexistent/ca.pem"
+                [[output]]
+                kind = "ndjson"
+                indexes = ["quarantine"]
+                rotate_secs = 0
+                [[output]]
+                kind = "syslog"
+                address = "a:1"
+                [[output]]
+                kind = "syslog"
+                address = "b:2"
+                colour = "blue"
+                "#
+            )
+            .unwrap_err()
+        );
+        for want in [
+            "#1: `kind = \"kafka\"` is unknown: use \"syslog\" or \"ndjson\"",
+            "#2: `path` does not apply to a `syslog` output",
+            "#2: `ca_file` is set but `tls` is not",
+            "#2: `ca_file` /nonexistent/ca.pem cannot be read",
+            "#2: `address` \"no-port\" is not host:port",
+            "#3: `indexes` has `quarantine`",
+            "#3: `rotate_secs` must be at least 1",
+            "#3: `path` is required for an ndjson output",
+            "#5: unknown field `colour`",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in:\n{err}");
+        }
+        // Two unnamed syslog outputs would share a cursor.
+        let err = format!(
+            "{:#}",
+            parse("[[output]]\nkind = \"syslog\"\naddress = \"a:1\"\n[[output]]\nkind = \"syslog\"\naddress = \"b:2\"\n")
+                .unwrap_err()
+        );
+        assert!(err.contains("a second output named `syslog`"), "{err}");
     }
 }

@@ -7,6 +7,7 @@
 //! - `store`: the embedded SQLite store (state, indexes, outbox, run history);
 //! - `scheduler`: `dphost run`;
 //! - `search`: the query language of `dphost search`;
+//! - `forward`: `[[output]]`s shipping the Syslog and Alerts indexes to a SIEM;
 //! - `commands`: the CLI's subcommands.
 
 pub mod admin;
@@ -16,6 +17,7 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod config_lines;
+pub mod forward;
 pub mod metrics;
 pub mod runtime;
 pub mod scheduler;

@@ -6,6 +6,7 @@
 //! per connector, except the histograms, which are per operation so that
 //! thousands of tenants do not multiply the buckets.
 
+use crate::config::Config;
 use crate::runtime::CallReport;
 use crate::store::Store;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -44,6 +45,11 @@ struct OperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutputLabels {
+    output: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PoolLabels {
     pool: String,
 }
@@ -67,6 +73,9 @@ pub struct Metrics {
     schedule_lag: Histogram,
     running: Gauge,
     budget_used: Family<PoolLabels, Gauge>,
+    forward_pending: Family<OutputLabels, Gauge>,
+    forward_delivered: Family<OutputLabels, Gauge>,
+    forward_lag: Family<OutputLabels, Gauge<f64, AtomicU64>>,
     /// Serialises encoding with the scrape-time gauge refresh.
     scrape: Mutex<()>,
 }
@@ -106,6 +115,9 @@ impl Metrics {
             schedule_lag: Histogram::new(exponential_buckets(0.001, 4.0, 10)),
             running: Gauge::default(),
             budget_used: Family::default(),
+            forward_pending: Family::default(),
+            forward_delivered: Family::default(),
+            forward_lag: Family::default(),
             scrape: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -183,6 +195,21 @@ impl Metrics {
             "request_budget_used",
             "Requests taken from each vendor rate-limit pool in the last 24 hours",
             m.budget_used.clone(),
+        );
+        registry.register(
+            "forward_pending_records",
+            "Records each output has not delivered yet",
+            m.forward_pending.clone(),
+        );
+        registry.register(
+            "forward_delivered_records",
+            "Records each output's destination accepted (re-sends included)",
+            m.forward_delivered.clone(),
+        );
+        registry.register(
+            "forward_lag_seconds",
+            "How long the oldest undelivered record of each output has waited",
+            m.forward_lag.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -269,8 +296,20 @@ impl Metrics {
     }
 
     /// The exposition text, with store-backed gauges refreshed.
-    pub fn render(&self, store: &Store, now_ms: i64) -> anyhow::Result<String> {
+    pub fn render(&self, config: &Config, store: &Store, now_ms: i64) -> anyhow::Result<String> {
         let _one_at_a_time = self.scrape.lock().expect("metrics lock poisoned");
+        for o in crate::forward::output_status(store, &config.outputs, now_ms)? {
+            let labels = OutputLabels { output: o.name };
+            self.forward_pending
+                .get_or_create(&labels)
+                .set(o.pending as i64);
+            self.forward_delivered
+                .get_or_create(&labels)
+                .set(o.delivered as i64);
+            self.forward_lag
+                .get_or_create(&labels)
+                .set(o.lag_ms.unwrap_or(0) as f64 / 1000.0);
+        }
         for (pool, used) in store.budget_used(now_ms - 86_400_000)? {
             self.budget_used
                 .get_or_create(&PoolLabels { pool })

@@ -110,6 +110,11 @@ pub async fn run(
     for c in config.connectors.iter().filter(|c| c.enabled) {
         loops.insert(c.name.clone(), spawn(c, &mut tasks));
     }
+    // Each [[output]] forwards on its own, whatever the connectors do.
+    for output in config.outputs.iter().cloned() {
+        let store = host.runtime.store.clone();
+        tasks.spawn(crate::forward::run_output(store, output, stop_rx.clone()));
+    }
     tracing::info!(
         "scheduler started: {} connector(s) ({} disabled), at most {} runs at once; Ctrl-C stops, SIGHUP reloads {}",
         loops.len(),
@@ -174,6 +179,12 @@ pub fn check_reload(old: &Config, new: &Config, max_memory_mib: u64) -> Result<(
     if old.host != new.host {
         problems.push(
             "[host] settings cannot change while dphost runs: restart it to apply them".to_string(),
+        );
+    }
+    if old.outputs != new.outputs {
+        problems.push(
+            "[[output]] tables cannot change while dphost runs: restart it to apply them"
+                .to_string(),
         );
     }
     for c in &new.connectors {

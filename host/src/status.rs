@@ -7,6 +7,7 @@
 //! `ok` until the next collection says otherwise.
 
 use crate::config::{Config, ConnectorConfig};
+use crate::forward::OutputStatus;
 use crate::store::{Index, RunRecord, Store};
 use anyhow::Result;
 use serde::Serialize;
@@ -42,6 +43,20 @@ pub struct ConnectorStatus {
     /// Only known to a running host (admin API): a run is executing now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub running: Option<bool>,
+}
+
+/// Everything `dphost status` shows: connectors, then forwarding outputs.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostStatus {
+    pub connectors: Vec<ConnectorStatus>,
+    pub outputs: Vec<OutputStatus>,
+}
+
+pub fn host(config: &Config, store: &Store, now_ms: i64) -> Result<HostStatus> {
+    Ok(HostStatus {
+        connectors: all(config, store, now_ms)?,
+        outputs: crate::forward::output_status(store, &config.outputs, now_ms)?,
+    })
 }
 
 /// The status of every configured connector.
@@ -172,6 +187,64 @@ pub fn table(rows: &[ConnectorStatus]) -> String {
         out.push_str(&line(row.each_ref().map(String::as_str)));
         out.push('\n');
         if let Some(e) = &r.last_error {
+            out.push_str(&format!("  last error: {e}\n"));
+        }
+    }
+    out
+}
+
+/// The outputs below the connectors: where each stands and its last error.
+pub fn outputs_table(outputs: &[OutputStatus]) -> String {
+    let mut out = String::new();
+    if outputs.is_empty() {
+        return out;
+    }
+    let rows: Vec<[String; 6]> = outputs
+        .iter()
+        .map(|o| {
+            [
+                o.name.clone(),
+                o.kind.to_string(),
+                o.destination.clone(),
+                o.delivered.to_string(),
+                o.pending.to_string(),
+                o.lag_ms
+                    .map(|l| format!("{}s", l / 1000))
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let header = [
+        "OUTPUT",
+        "KIND",
+        "DESTINATION",
+        "DELIVERED",
+        "PENDING",
+        "LAG",
+    ];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: [&str; 6]| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    out.push('\n');
+    out.push_str(&line(header));
+    out.push('\n');
+    for (row, o) in rows.iter().zip(outputs) {
+        out.push_str(&line(row.each_ref().map(String::as_str)));
+        out.push('\n');
+        if let Some(e) = &o.last_error {
             out.push_str(&format!("  last error: {e}\n"));
         }
     }

@@ -217,7 +217,8 @@ CREATE TABLE IF NOT EXISTS schedule (
 const RUNS_KEPT: i64 = 200;
 
 /// The schema version this build writes; bumped with every migration.
-const SCHEMA_VERSION: i64 = 1;
+/// 2: `records.change_seq` and the forwarding cursors (`migrate_forwarding`).
+const SCHEMA_VERSION: i64 = 2;
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -243,6 +244,8 @@ impl Store {
         writer
             .execute_batch(SCHEMA)
             .with_context(|| format!("cannot create the schema in {}", path.display()))?;
+        migrate_forwarding(&writer)
+            .with_context(|| format!("cannot add the forwarding schema to {}", path.display()))?;
         writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         let reader = open_connection(&path)?;
         Ok(Store {
@@ -270,28 +273,39 @@ impl Store {
         let mut outcome = CommitOutcome::default();
         {
             let mut insert = tx.prepare_cached(
-                "INSERT INTO records (idx, connector, tenant, record_id, body, written_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+                "INSERT INTO records (idx, connector, tenant, record_id, body, written_ms, updated_ms, change_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)
                  ON CONFLICT (connector, idx, record_id) DO NOTHING",
             )?;
             let mut upsert = tx.prepare_cached(
-                "INSERT INTO records (idx, connector, tenant, record_id, body, written_ms, updated_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+                "INSERT INTO records (idx, connector, tenant, record_id, body, written_ms, updated_ms, change_seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7)
                  ON CONFLICT (connector, idx, record_id)
-                 DO UPDATE SET body = excluded.body, updated_ms = excluded.updated_ms",
+                 DO UPDATE SET body = excluded.body, updated_ms = excluded.updated_ms,
+                               change_seq = CASE WHEN records.body = excluded.body
+                                            THEN records.change_seq ELSE excluded.change_seq END",
+            )?;
+            // Inside this IMMEDIATE transaction no other writer runs, so the
+            // change sequence grows in commit order (see `migrate_forwarding`).
+            let mut change_seq: i64 = tx.query_row(
+                "SELECT coalesce(max(change_seq), 0) FROM records",
+                [],
+                |r| r.get(0),
             )?;
             for r in &batch.records {
                 let stmt = match r.mode {
                     WriteMode::Insert => &mut insert,
                     WriteMode::Upsert => &mut upsert,
                 };
+                change_seq += 1;
                 let n = stmt.execute(params![
                     r.index.as_str(),
                     owner.connector,
                     owner.tenant,
                     r.id,
                     r.body,
-                    now
+                    now,
+                    change_seq
                 ])?;
                 if n == 0 {
                     outcome.duplicates += 1;
@@ -591,6 +605,202 @@ impl Store {
     }
 }
 
+/// Forwarding (`crate::forward`) needs a cursor that also sees updates: an
+/// upserted alert keeps its `seq` but must be shipped again. `change_seq` is
+/// set on every insert and every upsert that changes the body to one more than the largest stored
+/// value, inside the writer's IMMEDIATE transaction, so it grows in commit
+/// order and a reader never sees a higher value committed before a lower one.
+/// Records are never deleted, so a value is never handed out twice (a
+/// retention job that deletes records must keep the row holding the
+/// largest `change_seq`). Existing records get `change_seq = seq`.
+fn migrate_forwarding(conn: &Connection) -> Result<()> {
+    let has_column: bool = conn
+        .prepare("SELECT 1 FROM pragma_table_info('records') WHERE name = 'change_seq'")?
+        .exists([])?;
+    if !has_column {
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             ALTER TABLE records ADD COLUMN change_seq INTEGER;
+             UPDATE records SET change_seq = seq;
+             COMMIT;",
+        )?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS records_by_change ON records (idx, change_seq);
+         CREATE INDEX IF NOT EXISTS records_change_seq ON records (change_seq);
+         -- One row per output and index: the last change_seq the destination accepted.
+         CREATE TABLE IF NOT EXISTS forward_cursors (
+             output     TEXT NOT NULL,
+             idx        TEXT NOT NULL,
+             change_seq INTEGER NOT NULL,
+             updated_ms INTEGER NOT NULL,
+             PRIMARY KEY (output, idx)
+         ) WITHOUT ROWID;
+         -- Per output: what it delivered and its last error (for status).
+         CREATE TABLE IF NOT EXISTS forward_outputs (
+             output           TEXT PRIMARY KEY,
+             delivered        INTEGER NOT NULL DEFAULT 0,
+             last_delivery_ms INTEGER,
+             last_error       TEXT,
+             last_error_ms    INTEGER
+         ) WITHOUT ROWID;",
+    )?;
+    Ok(())
+}
+
+/// A record as the forwarder ships it.
+#[derive(Debug, Clone)]
+pub struct ForwardRecord {
+    pub change_seq: i64,
+    pub index: Index,
+    pub connector: String,
+    pub tenant: String,
+    pub id: String,
+    pub body: String,
+    pub written_ms: i64,
+}
+
+/// One output's position in one index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardPosition {
+    pub index: Index,
+    /// The last change the destination accepted (0: nothing yet).
+    pub cursor: i64,
+    /// Records changed after the cursor: not delivered yet.
+    pub pending: u64,
+    /// When the oldest pending change was written (epoch ms).
+    pub oldest_pending_ms: Option<i64>,
+}
+
+/// What an output has done so far, as kept in the store.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardActivity {
+    pub delivered: u64,
+    pub last_delivery_ms: Option<i64>,
+    pub last_error: Option<String>,
+    pub last_error_ms: Option<i64>,
+}
+
+impl Store {
+    /// The output's cursor in `index` (0 if it never delivered anything).
+    pub fn forward_cursor(&self, output: &str, index: Index) -> Result<i64> {
+        let conn = self.reader.lock().expect("store reader poisoned");
+        let v = conn
+            .prepare_cached(
+                "SELECT change_seq FROM forward_cursors WHERE output = ?1 AND idx = ?2",
+            )?
+            .query_row(params![output, index.as_str()], |r| r.get(0))
+            .optional()?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Up to `limit` records of `index` changed after `after`, in change order.
+    pub fn forward_after(
+        &self,
+        index: Index,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<ForwardRecord>> {
+        let conn = self.reader.lock().expect("store reader poisoned");
+        let mut stmt = conn.prepare_cached(
+            "SELECT change_seq, connector, tenant, record_id, body, written_ms FROM records
+             WHERE idx = ?1 AND change_seq > ?2 ORDER BY change_seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![index.as_str(), after, limit as i64], |r| {
+            Ok(ForwardRecord {
+                change_seq: r.get(0)?,
+                index,
+                connector: r.get(1)?,
+                tenant: r.get(2)?,
+                id: r.get(3)?,
+                body: r.get(4)?,
+                written_ms: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Moves the output's cursors (after the destination accepted the
+    /// records up to them) and counts the delivery, in one transaction.
+    pub fn forward_advance(
+        &self,
+        output: &str,
+        cursors: &[(Index, i64)],
+        delivered: u64,
+    ) -> Result<()> {
+        let mut conn = self.writer.lock().expect("store writer poisoned");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        for (index, seq) in cursors {
+            tx.prepare_cached(
+                "INSERT INTO forward_cursors (output, idx, change_seq, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (output, idx) DO UPDATE SET
+                     change_seq = max(change_seq, excluded.change_seq), updated_ms = excluded.updated_ms",
+            )?
+            .execute(params![output, index.as_str(), seq, now])?;
+        }
+        tx.prepare_cached(
+            "INSERT INTO forward_outputs (output, delivered, last_delivery_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (output) DO UPDATE SET
+                 delivered = delivered + excluded.delivered, last_delivery_ms = excluded.last_delivery_ms",
+        )?
+        .execute(params![output, delivered as i64, now])?;
+        tx.commit().context("moving the forwarding cursor")?;
+        Ok(())
+    }
+
+    /// Keeps the output's last error (`None` clears it after a recovery).
+    pub fn forward_error(&self, output: &str, error: Option<&str>) -> Result<()> {
+        let conn = self.writer.lock().expect("store writer poisoned");
+        conn.prepare_cached(
+            "INSERT INTO forward_outputs (output, last_error, last_error_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (output) DO UPDATE SET
+                 last_error = excluded.last_error, last_error_ms = excluded.last_error_ms",
+        )?
+        .execute(params![output, error, error.map(|_| now_ms())])?;
+        Ok(())
+    }
+
+    /// Where the output stands in `index`: cursor and what is left to send.
+    pub fn forward_position(&self, output: &str, index: Index) -> Result<ForwardPosition> {
+        let cursor = self.forward_cursor(output, index)?;
+        let conn = self.reader.lock().expect("store reader poisoned");
+        let (pending, oldest): (i64, Option<i64>) = conn
+            .prepare_cached(
+                "SELECT count(*), min(updated_ms) FROM records WHERE idx = ?1 AND change_seq > ?2",
+            )?
+            .query_row(params![index.as_str(), cursor], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        Ok(ForwardPosition {
+            index,
+            cursor,
+            pending: pending as u64,
+            oldest_pending_ms: oldest,
+        })
+    }
+
+    /// What the output delivered so far and its last error.
+    pub fn forward_activity(&self, output: &str) -> Result<ForwardActivity> {
+        let conn = self.reader.lock().expect("store reader poisoned");
+        let row = conn
+            .prepare_cached(
+                "SELECT delivered, last_delivery_ms, last_error, last_error_ms
+                 FROM forward_outputs WHERE output = ?1",
+            )?
+            .query_row(params![output], |r| {
+                Ok(ForwardActivity {
+                    delivered: r.get::<_, i64>(0)? as u64,
+                    last_delivery_ms: r.get(1)?,
+                    last_error: r.get(2)?,
+                    last_error_ms: r.get(3)?,
+                })
+            })
+            .optional()?;
+        Ok(row.unwrap_or_default())
+    }
+}
+
 fn escape_like(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
@@ -790,5 +1000,33 @@ mod tests {
             )
             .unwrap();
         assert_eq!(ids, vec!["1"]);
+    }
+
+    #[test]
+    fn a_version_1_store_gets_change_seq_from_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = Connection::open(dir.path().join("dphost.db")).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.execute_batch(
+                "INSERT INTO records (idx, connector, tenant, record_id, body, written_ms, updated_ms)
+                 VALUES ('syslog', 'c1', 't1', 'old', '{}', 1, 1);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let b = Batch {
+            records: vec![rec("new", "{}", WriteMode::Insert)],
+            ..Default::default()
+        };
+        store.commit(&owner(), &b).unwrap();
+        let got: Vec<(String, i64)> = store
+            .forward_after(Index::Syslog, 0, 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.id, r.change_seq))
+            .collect();
+        assert_eq!(got, vec![("old".to_string(), 1), ("new".to_string(), 2)]);
     }
 }

@@ -355,6 +355,9 @@ fn a_false_positive_filter_drops_exactly_the_events_with_a_false_positive_threat
     );
     let status = ws.dphost(&["status", "--format", "json"])?;
     let status: serde_json::Value = serde_json::from_slice(&status.stdout)?;
-    assert_eq!(status[0]["filtered_last_run"], marked as u64, "{status}");
+    assert_eq!(
+        status["connectors"][0]["filtered_last_run"], marked as u64,
+        "{status}"
+    );
     Ok(())
 }

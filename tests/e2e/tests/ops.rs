@@ -55,7 +55,8 @@ impl Admin {
         if code != 200 {
             bail!("/status answered {code}: {body}");
         }
-        let rows: Vec<Value> = serde_json::from_str(&body)?;
+        let status: Value = serde_json::from_str(&body)?;
+        let rows: Vec<Value> = serde_json::from_value(status["connectors"].clone())?;
         rows.into_iter()
             .find(|r| r["connector"] == connector)
             .with_context(|| format!("no {connector} in /status: {body}"))

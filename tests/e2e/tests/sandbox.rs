@@ -161,7 +161,7 @@ fn runaway_components_are_stopped_and_the_healthy_tenant_is_unaffected() -> Resu
     let out = ws.dphost(&["status", "--format", "json"])?;
     let status: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let row = |name: &str| {
-        status
+        status["connectors"]
             .as_array()
             .unwrap()
             .iter()
