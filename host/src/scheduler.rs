@@ -64,7 +64,7 @@ async fn connector_loop(
     permits: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let interval = Duration::from_secs(connector.interval_min * 60);
+    let interval = interval_of(&connector);
     loop {
         let started = tokio::time::Instant::now();
         let permit = tokio::select! {
@@ -86,6 +86,20 @@ async fn connector_loop(
             _ = tokio::time::sleep_until(next) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+/// Environment variable that replaces every connector's interval with this
+/// many seconds: for tests and demos only (runs every few seconds).
+pub const INTERVAL_SECS_ENV: &str = "DPHOST_INTERVAL_SECS";
+
+fn interval_of(connector: &ConnectorConfig) -> Duration {
+    match std::env::var(INTERVAL_SECS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        Some(secs) if secs > 0 => Duration::from_secs(secs),
+        _ => Duration::from_secs(connector.interval_min * 60),
     }
 }
 
