@@ -175,7 +175,7 @@ fn runaway_and_malicious_components_are_stopped_and_the_healthy_tenant_is_comple
     // Garbage: every malformed batch refused whole (its good record too).
     let answers = probe_record(&ws, "garbage")?["answers"].clone();
     let answers = answers.as_object().unwrap();
-    assert_eq!(answers.len(), 9, "{answers:?}");
+    assert_eq!(answers.len(), 10, "{answers:?}");
     for (case, answer) in answers {
         assert!(
             answer.as_str().unwrap().starts_with("refused: "),

@@ -293,6 +293,24 @@ mod component {
                             },
                         ),
                         (
+                            "nested 200 deep",
+                            Batch {
+                                records: vec![
+                                    good.clone(),
+                                    record(
+                                        "g4",
+                                        format!(
+                                            "{{\"x\":{}1{}}}",
+                                            "[".repeat(200),
+                                            "]".repeat(200)
+                                        ),
+                                    ),
+                                ],
+                                actions: vec![],
+                                state: vec![],
+                            },
+                        ),
+                        (
                             "huge id",
                             Batch {
                                 records: vec![
