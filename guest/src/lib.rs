@@ -40,6 +40,10 @@ pub mod windows;
 #[cfg(target_arch = "wasm32")]
 mod bindings;
 
+/// Bad-input harness and corpus (tests, `fuzz/`, e2e): not in the component.
+#[cfg(any(test, feature = "harness"))]
+pub mod harness;
+
 #[cfg(test)]
 mod test_support;
 #[cfg(test)]

@@ -231,6 +231,14 @@ pub fn quarantine_record(
     raw: &RawValue,
     reason: &str,
 ) -> Record {
+    // Valid JSON that no JSON reader takes whole (nested past serde_json's
+    // depth limit, a number out of range) would make the record unreadable
+    // to search: keep it as text instead, like a damaged event. Same id.
+    if serde_json::from_str::<serde_json::Value>(raw.get()).is_err() {
+        let bytes = raw.get().as_bytes();
+        let sha = identity::quarantine_id(raw.get());
+        return damaged_record(origin, event_type, bytes, bytes.len() as u64, &sha, reason);
+    }
     Record {
         index: Index::Quarantine,
         id: identity::quarantine_id(raw.get()),

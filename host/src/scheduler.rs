@@ -275,7 +275,7 @@ async fn connector_loop(
         };
         // Keep the cadence from the last run's start; a rate-limited
         // connector waits as long as the API asked.
-        let interval = Duration::from_secs(connector.interval_min * 60);
+        let interval = interval_of(&connector);
         let due = match last_start {
             None => Instant::now(),
             Some(s) => (s + interval).max(retry_at.unwrap_or(s)),
@@ -310,6 +310,20 @@ async fn connector_loop(
             .err()
             .and_then(|f| f.retry_after())
             .map(|wait| Instant::now() + wait);
+    }
+}
+
+/// Environment variable that replaces every connector's interval with this
+/// many seconds: for tests and demos only (runs every few seconds).
+pub const INTERVAL_SECS_ENV: &str = "DPHOST_INTERVAL_SECS";
+
+fn interval_of(connector: &ConnectorConfig) -> Duration {
+    match std::env::var(INTERVAL_SECS_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    {
+        Some(secs) if secs > 0 => Duration::from_secs(secs),
+        _ => Duration::from_secs(connector.interval_min * 60),
     }
 }
 

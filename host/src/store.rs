@@ -230,6 +230,15 @@ pub fn now_ms() -> i64 {
 impl Store {
     /// Opens (creating if needed) `data_dir/dphost.db`.
     pub fn open(data_dir: &Path) -> Result<Store> {
+        Self::open_in(data_dir).with_context(|| {
+            format!(
+                "cannot open the store in {}: the data dir must be writable and have free space",
+                data_dir.display()
+            )
+        })
+    }
+
+    fn open_in(data_dir: &Path) -> Result<Store> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
         let path = data_dir.join("dphost.db");

@@ -3,14 +3,20 @@
 //! credential there itself, so the component never holds a secret.
 //!
 //! The gate is a `WasiHttpHooks` implementation: wasmtime-wasi-http does the
-//! protocol work, we decide what may leave the sandbox.
+//! protocol work, we decide what may leave the sandbox. Two checks, in order:
+//! the request's name (scheme, host, port) must be the configured origin,
+//! and every address that name resolves to must pass `net_policy`.
+//!
+//! Redirects are never followed: wasi-http hands the 3xx to the component,
+//! and a request to the `Location` would be a new request, gated like any.
 
+use super::net_policy;
 use crate::config::{AllowedOrigin, Credential};
 use crate::runtime::RunState;
 use base64::Engine as _;
 use http::header::{HeaderValue, AUTHORIZATION, PROXY_AUTHORIZATION};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::component::Linker;
 use wasmtime_wasi_http::{
@@ -33,7 +39,15 @@ pub struct HttpGate {
     allowed: AllowedOrigin,
     authorization: Option<HeaderValue>,
     pub requests: u64,
-    pub refused: Vec<String>,
+    /// Requests refused by name (at once) or by address (once resolved).
+    refused: Arc<Mutex<Vec<String>>>,
+}
+
+impl HttpGate {
+    /// Every refused request of this run, as `scheme://authority` and why.
+    pub fn refused(&self) -> Vec<String> {
+        self.refused.lock().expect("refused list poisoned").clone()
+    }
 }
 
 pub fn prepare(
@@ -54,7 +68,7 @@ pub fn prepare(
         allowed: allowed.clone(),
         authorization,
         requests: 0,
-        refused: Vec::new(),
+        refused: Arc::default(),
     }
 }
 
@@ -103,7 +117,10 @@ impl WasiHttpHooks for HttpGate {
                 "refused an HTTP request to {target}: this connector may only reach {}",
                 self.allowed
             );
-            self.refused.push(target);
+            self.refused
+                .lock()
+                .expect("refused list poisoned")
+                .push(target);
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         self.requests += 1;
@@ -114,8 +131,28 @@ impl WasiHttpHooks for HttpGate {
             headers.insert(AUTHORIZATION, auth.clone());
         }
         let options = Some(clamp(options.unwrap_or_default()));
+        let (connector, refused) = (self.connector.clone(), self.refused.clone());
+        let origin = self.allowed.clone();
         Box::new(async move {
             use http_body_util::BodyExt;
+            let loopback_origin = is_loopback_name(&origin.host);
+            let addrs = match net_policy::check(&origin.host, origin.port, loopback_origin).await {
+                Ok(addrs) => addrs,
+                Err(why) => {
+                    tracing::warn!(
+                        connector = %connector,
+                        "refused an HTTP request to {origin}: {why}"
+                    );
+                    refused
+                        .lock()
+                        .expect("refused list poisoned")
+                        .push(format!("{origin} ({why})"));
+                    return Err(wasmtime_wasi_http::Error::DestinationIpProhibited);
+                }
+            };
+            if origin.scheme == "http" {
+                pin_to(&mut request, addrs[0])?;
+            }
             let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
             Ok((
                 response.map(BodyExt::boxed_unsync),
@@ -123,6 +160,31 @@ impl WasiHttpHooks for HttpGate {
             ))
         })
     }
+}
+
+fn is_loopback_name(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Points a plain-http request at the address that was checked, so the
+/// connection cannot go where a second resolution says. The `Host` header
+/// (set by wasi-http from the authority) keeps the name.
+fn pin_to(
+    request: &mut http::Request<WasiBody>,
+    addr: std::net::SocketAddr,
+) -> Result<(), wasmtime_wasi_http::Error> {
+    let mut parts = request.uri().clone().into_parts();
+    parts.authority = Some(
+        addr.to_string()
+            .parse()
+            .map_err(|_| wasmtime_wasi_http::Error::HttpRequestUriInvalid)?,
+    );
+    *request.uri_mut() = http::Uri::from_parts(parts)
+        .map_err(|_| wasmtime_wasi_http::Error::HttpRequestUriInvalid)?;
+    Ok(())
 }
 
 /// A component may shorten the host's timeouts, never lengthen them.

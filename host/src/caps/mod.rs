@@ -10,6 +10,7 @@
 pub mod budget;
 pub mod http;
 pub mod log;
+pub mod net_policy;
 pub mod sink;
 pub mod state;
 pub mod wasi;

@@ -83,7 +83,9 @@ impl sink::Host for RunState {
             }
             // A storage failure is not the component's fault, but the
             // component must know nothing was written so it keeps its place.
-            Err(e) => Ok(Err(format!("the host could not store the batch: {e:#}"))),
+            Err(e) => Ok(Err(format!(
+                "the host could not store the batch: {e:#} (nothing of it was written; check the data dir's free space and permissions)"
+            ))),
         }
     }
 
@@ -167,6 +169,13 @@ fn check_batch(batch: types::Batch, limits: &Limits) -> Result<store::Batch, Str
                 r.id
             ));
         }
+        let depth = json_depth(&r.body);
+        if depth > MAX_JSON_DEPTH {
+            return Err(format!(
+                "record #{i} (id `{}`): the body is nested {depth} levels deep; at most {MAX_JSON_DEPTH} (what search and the store's indexes can read): keep such data as text",
+                r.id
+            ));
+        }
         records.push(store::NewRecord {
             index: to_store_index(r.index),
             id: r.id,
@@ -223,6 +232,36 @@ fn check_batch(batch: types::Batch, limits: &Limits) -> Result<store::Batch, Str
     })
 }
 
+/// Deepest nesting a record body may have: search reads bodies with
+/// serde_json, whose limit this is (SQLite's JSON functions stop at 1000).
+const MAX_JSON_DEPTH: usize = 128;
+
+/// How deeply `json` (valid JSON) nests arrays and objects.
+fn json_depth(json: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 fn check_id(what: &str, id: &str, i: usize) -> Result<(), String> {
     if id.is_empty() || id.len() > MAX_ID_BYTES {
         return Err(format!(
@@ -269,6 +308,13 @@ mod tests {
         assert!(check_batch(not_json, &limits)
             .unwrap_err()
             .contains("not a JSON object"));
+
+        let mut deep = ok.clone();
+        deep.records[1].body = format!("{{\"x\":{}1{}}}", "[".repeat(200), "]".repeat(200));
+        assert!(check_batch(deep, &limits)
+            .unwrap_err()
+            .contains("nested 201 levels deep"));
+        assert_eq!(json_depth(r#"{"a":"[[[{{\"","b":[{}]}"#), 3);
 
         let mut empty_id = ok;
         empty_id.records[0].id.clear();

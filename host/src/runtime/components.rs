@@ -1,9 +1,12 @@
 //! The wasmtime engine and the components folder.
 //!
 //! Every `*.wasm` in the components folder is compiled once (or loaded from
-//! the on-disk cache of precompiled code under `data_dir/cache`), linked
-//! against the host's capabilities and kept as an `InstancePre`, so a run only
-//! pays for a fresh `Store` and instance.
+//! the on-disk cache of precompiled code under `data_dir/cache`, keyed by the
+//! file's SHA-256 and the engine's compatibility hash, so a restart does not
+//! recompile), linked against the host's capabilities and kept as an
+//! `InstancePre`, so a run only pays for a fresh `Store` and instance. The
+//! folder is looked at again before every call: a new version dropped in is
+//! used from the next run on (see `ComponentSet`).
 
 use super::RunState;
 use crate::bindings::ConnectorWorldPre;
@@ -13,7 +16,8 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
@@ -85,97 +89,228 @@ pub struct LoadedComponent {
     /// Whether the compiled code came from the cache.
     pub from_cache: bool,
     pub load_time: Duration,
+    /// SHA-256 (hex, first 12 bytes) of the `.wasm` file.
+    pub digest: String,
 }
 
-/// The components folder: what loaded, and why the rest did not.
+/// What a file looked like when it was last read: a change of any of these
+/// means a new version may have been dropped in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> std::io::Result<FileStamp> {
+        let meta = std::fs::metadata(path)?;
+        #[cfg(unix)]
+        let inode = std::os::unix::fs::MetadataExt::ino(&meta);
+        #[cfg(not(unix))]
+        let inode = 0;
+        Ok(FileStamp {
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            inode,
+        })
+    }
+}
+
+/// One component name: the version in use, and the file last looked at.
 #[derive(Default)]
+struct Slot {
+    current: Option<Arc<LoadedComponent>>,
+    /// The file as last read (loaded or rejected).
+    seen: Option<FileStamp>,
+    /// Why the file as last read cannot be used.
+    rejected: Option<String>,
+}
+
+/// The components folder, watched: every call asks for its component by
+/// name, and a new file dropped in (a new version) is compiled and used from
+/// that call on, without restarting the host. A file that is not a valid
+/// component, or lacks the world's exports, is rejected with a clear
+/// message, and the version already loaded keeps running. Replace files
+/// atomically (write elsewhere, then rename into the folder); a half-copied
+/// file is rejected and read again once it changes.
 pub struct ComponentSet {
-    pub loaded: BTreeMap<String, LoadedComponent>,
-    pub failed: BTreeMap<String, String>,
+    engine: Engine,
+    linker: Linker<RunState>,
+    dir: PathBuf,
+    cache_dir: PathBuf,
+    slots: Mutex<BTreeMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
 }
 
 impl ComponentSet {
-    pub fn get(&self, name: &str, dir: &Path) -> Result<&LoadedComponent> {
-        if let Some(c) = self.loaded.get(name) {
-            return Ok(c);
-        }
-        if let Some(why) = self.failed.get(name) {
-            anyhow::bail!("component `{name}` could not be loaded: {why}");
-        }
-        let known: Vec<_> = self.loaded.keys().map(String::as_str).collect();
-        anyhow::bail!(
-            "no component `{name}` in {} (found: {}); `make build` puts proofpoint_tap.wasm there",
-            dir.display(),
-            if known.is_empty() {
-                "none".into()
-            } else {
-                known.join(", ")
+    fn slot(&self, name: &str) -> Arc<tokio::sync::Mutex<Slot>> {
+        self.slots
+            .lock()
+            .expect("component slots poisoned")
+            .entry(name.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn path_of(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.wasm"))
+    }
+
+    /// The component to run now: the newest valid version in the folder.
+    pub async fn get(&self, name: &str) -> Result<Arc<LoadedComponent>> {
+        let slot = self.slot(name);
+        let mut slot = slot.lock().await;
+        let path = self.path_of(name);
+        let stamp = match FileStamp::of(&path) {
+            Ok(stamp) => stamp,
+            Err(_) => {
+                if let Some(current) = &slot.current {
+                    // Removed while loaded: keep running what we have.
+                    return Ok(current.clone());
+                }
+                let known = self.known_names();
+                anyhow::bail!(
+                    "no component `{name}` in {} (found: {}); `make build` puts proofpoint_tap.wasm there",
+                    self.dir.display(),
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                )
             }
-        )
+        };
+        if slot.seen != Some(stamp) {
+            slot.seen = Some(stamp);
+            let (engine, linker, cache_dir) = (
+                self.engine.clone(),
+                self.linker.clone(),
+                self.cache_dir.clone(),
+            );
+            let (name_owned, path_owned) = (name.to_string(), path.clone());
+            let current_digest = slot.current.as_ref().map(|c| c.digest.clone());
+            let loaded = tokio::task::spawn_blocking(move || {
+                load_one(
+                    &engine,
+                    &linker,
+                    &name_owned,
+                    &path_owned,
+                    &cache_dir,
+                    current_digest.as_deref(),
+                )
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("loading {} failed: {e}", path.display()))?;
+            match loaded {
+                Ok(None) => slot.rejected = None,
+                Ok(Some(c)) => {
+                    if let Some(old) = &slot.current {
+                        tracing::info!(
+                            component = %name,
+                            "new version {} of {} is in use from this run on (was {})",
+                            c.digest,
+                            path.display(),
+                            old.digest
+                        );
+                    }
+                    slot.current = Some(Arc::new(c));
+                    slot.rejected = None;
+                }
+                Err(e) => {
+                    let why = format!("{e:#}");
+                    match &slot.current {
+                        Some(old) => tracing::error!(
+                            component = %name,
+                            "rejected the new file {}: {why}; version {} keeps running: fix or replace the file",
+                            path.display(),
+                            old.digest
+                        ),
+                        None => tracing::error!(
+                            component = %name,
+                            "cannot load {}: {why}",
+                            path.display()
+                        ),
+                    }
+                    slot.rejected = Some(why);
+                }
+            }
+        }
+        match (&slot.current, &slot.rejected) {
+            (Some(c), _) => Ok(c.clone()),
+            (None, Some(why)) => anyhow::bail!("component `{name}` could not be loaded: {why}"),
+            (None, None) => anyhow::bail!("component `{name}` is not loaded"),
+        }
+    }
+
+    fn known_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+            .filter_map(|p| p.file_stem().and_then(|s| s.to_str()).map(str::to_string))
+            .collect();
+        names.sort();
+        names
     }
 }
 
 /// Loads every `*.wasm` in `dir`. `only` limits loading to the named
-/// components (those the configuration uses). A component that fails to load
-/// is reported, not fatal: the others still run.
-pub fn load_components(
+/// components (those the configuration uses); others load when first asked
+/// for. A component that fails to load is reported, not fatal: the others
+/// still run.
+pub async fn load_components(
     engine: &Engine,
     linker: &Linker<RunState>,
     dir: &Path,
     cache_dir: &Path,
     only: Option<&[String]>,
 ) -> Result<ComponentSet> {
-    let mut set = ComponentSet::default();
-    let entries = std::fs::read_dir(dir).with_context(|| {
+    let set = ComponentSet {
+        engine: engine.clone(),
+        linker: linker.clone(),
+        dir: dir.to_path_buf(),
+        cache_dir: cache_dir.to_path_buf(),
+        slots: Mutex::default(),
+    };
+    std::fs::read_dir(dir).with_context(|| {
         format!(
             "cannot read the components folder {}: run `make build`, or set [host] components_dir",
             dir.display()
         )
     })?;
-    let mut paths: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-        .collect();
-    paths.sort();
-    for path in paths {
-        let Some(name) = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .map(str::to_string)
-        else {
-            continue;
-        };
+    for name in set.known_names() {
         if only.is_some_and(|names| !names.contains(&name)) {
             continue;
         }
-        match load_one(engine, linker, &name, &path, cache_dir) {
-            Ok(c) => {
-                tracing::debug!(
-                    component = %name,
-                    cached = c.from_cache,
-                    "loaded in {:?}",
-                    c.load_time
-                );
-                set.loaded.insert(name, c);
-            }
-            Err(e) => {
-                tracing::error!(component = %name, "cannot load {}: {e:#}", path.display());
-                set.failed.insert(name, format!("{e:#}"));
-            }
+        if let Ok(c) = set.get(&name).await {
+            tracing::debug!(
+                component = %name,
+                cached = c.from_cache,
+                "loaded in {:?}",
+                c.load_time
+            );
         }
     }
     Ok(set)
 }
 
+/// Compiles (or loads from the cache) the component in `path`. `Ok(None)`:
+/// its bytes are those of the version in use (`current_digest`).
 fn load_one(
     engine: &Engine,
     linker: &Linker<RunState>,
     name: &str,
     path: &Path,
     cache_dir: &Path,
-) -> Result<LoadedComponent> {
+    current_digest: Option<&str>,
+) -> Result<Option<LoadedComponent>> {
     let started = Instant::now();
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let digest = hex::encode(&Sha256::digest(&bytes)[..12]);
+    if current_digest == Some(digest.as_str()) {
+        return Ok(None);
+    }
     let cached = cache_path(engine, cache_dir, name, &bytes);
     let mut from_cache = false;
     // SAFETY: the cache folder is written only by this host (below) with
@@ -184,6 +319,7 @@ fn load_one(
     let component = match unsafe { Component::deserialize_file(engine, &cached) } {
         Ok(c) => {
             from_cache = true;
+            tracing::debug!(component = %name, "loaded from the compiled cache {}", cached.display());
             c
         }
         Err(_) => {
@@ -192,8 +328,15 @@ fn load_one(
                 .with_context(|| {
                     format!("{} is not a valid WebAssembly component", path.display())
                 })?;
-            if let Err(e) = write_cache(&c, &cached) {
-                tracing::warn!(component = %name, "cannot cache compiled code: {e:#}");
+            match write_cache(&c, &cached) {
+                Ok(()) => tracing::info!(
+                    component = %name,
+                    "compiled {} in {:.1?} (cached as {})",
+                    path.display(),
+                    started.elapsed(),
+                    cached.display()
+                ),
+                Err(e) => tracing::warn!(component = %name, "cannot cache compiled code: {e:#}"),
             }
             c
         }
@@ -205,11 +348,12 @@ fn load_one(
     let pre = ConnectorWorldPre::new(pre)
         .map_err(anyhow::Error::from)
         .context("the component does not export the dphost:connector/connector interface")?;
-    Ok(LoadedComponent {
+    Ok(Some(LoadedComponent {
         pre,
         from_cache,
         load_time: started.elapsed(),
-    })
+        digest,
+    }))
 }
 
 /// The cache file for these bytes under this engine's settings.

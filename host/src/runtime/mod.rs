@@ -336,12 +336,12 @@ impl Runtime {
             .collect();
         used.sort();
         used.dedup();
-        let components = components::load_components(
+        let components = load_components_blocking(
             &engine,
             &linker,
             &config.host.components_dir,
             &config.host.data_dir.join("cache"),
-            Some(&used),
+            &used,
         )?;
         Ok(Runtime {
             engine,
@@ -424,7 +424,8 @@ impl Runtime {
     ) -> Result<String, Failure> {
         let component = self
             .components
-            .get(&connector.component, &self.components_dir)
+            .get(&connector.component)
+            .await
             .map_err(|e| Failure::Host(format!("{e:#}")))?;
         let credential = connector
             .credential()
@@ -495,7 +496,7 @@ impl Runtime {
 
         let data = store.data();
         report.requests = data.http.requests;
-        report.refused_requests = data.http.refused.clone();
+        report.refused_requests = data.http.refused();
         report.sink = data.sink;
         report.logs_dropped = data.log.dropped;
         report.last_warning = data.log.last_warning.clone();
@@ -519,6 +520,24 @@ impl Runtime {
             Ok(Ok(Err(e))) => Err(Failure::Connector(e)),
             Ok(Err(trap)) => Err(classify_trap(trap, memory_exceeded, &limits, &stderr)),
         }
+    }
+}
+
+/// `load_components` from synchronous code, inside a runtime or not.
+fn load_components_blocking(
+    engine: &Engine,
+    linker: &wasmtime::component::Linker<RunState>,
+    dir: &std::path::Path,
+    cache_dir: &std::path::Path,
+    used: &[String],
+) -> Result<ComponentSet> {
+    let load = components::load_components(engine, linker, dir, cache_dir, Some(used));
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => tokio::task::block_in_place(|| handle.block_on(load)),
+        Err(_) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(load),
     }
 }
 

@@ -6,6 +6,8 @@
 //! `components/proofpoint_tap.wasm` and
 //! `target/wasm32-wasip2/release/sandbox_probe.wasm`.
 
+pub mod store;
+
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::collections::BTreeMap;

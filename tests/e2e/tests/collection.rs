@@ -408,9 +408,12 @@ fn runs_through_faults_converge_to_the_truth() -> Result<()> {
             "--history-hours",
             "3",
             "--faults",
-            "500=0.02,503=0.03,reset=0.03,truncate=0.03,malformed=0.03,429=0.03,slow-first-byte=0.01,slow-body=0.02",
+            "500=0.025,503=0.025,reset=0.025,truncate=0.025,malformed=0.025,429=0.025,slow-first-byte=0.025,slow-body=0.025",
             "--slow-secs",
             "1",
+            // A fault sequence in which every kind occurs.
+            "--fault-seed",
+            "8",
         ],
     )?;
     // Events only, so every fault hits a SIEM request; 10-minute windows,
@@ -460,16 +463,45 @@ fn runs_through_faults_converge_to_the_truth() -> Result<()> {
         .map(|v| v.as_u64().unwrap())
         .sum();
     assert!(faults >= 10, "faults were injected: {stats}");
+    for (kind, n) in stats["faults"].as_object().unwrap() {
+        assert!(
+            n.as_u64().unwrap() >= 1,
+            "no {kind} fault was injected: {stats}"
+        );
+    }
     let truth = truth_to_horizon(&sim, &clock)?;
     assert!(truth.len() > 1000, "{}", truth.len());
     assert_same_events(&landed_events(&ws)?, &truth, "after runs through faults");
+    // The request budget held: the API never had to refuse a request for
+    // quota, and the host counted every request the API admitted (retries
+    // of faulty responses included) against the credential's budget.
+    let (admitted, throttled) = ["siem_other", "clicks_permitted"]
+        .iter()
+        .map(|p| &stats["pools"][p])
+        .fold((0, 0), |(a, t), p| {
+            (
+                a + p["admitted"].as_u64().unwrap(),
+                t + p["throttled"].as_u64().unwrap(),
+            )
+        });
+    assert_eq!(throttled, 0, "the API refused requests for quota: {stats}");
+    let counted: u64 = ws
+        .db()?
+        .query_row("SELECT count(*) FROM request_budget", [], |r| {
+            r.get::<_, i64>(0)
+        })? as u64;
+    assert!(
+        counted >= admitted && admitted > 0,
+        "host counted {counted} requests, the API admitted {admitted}"
+    );
     assert!(
         quarantined(&ws)?.is_empty(),
         "damage on the way is never quarantined as an event"
     );
     eprintln!(
-        "faults: {runs} runs ({failed} failed, {rate_limited} rate limited), {faults} faults injected ({}), {} events; {:.1?}",
+        "faults: {runs} runs ({failed} failed, {rate_limited} rate limited), {faults} faults injected ({}) in {} requests, {admitted} admitted, {counted} counted by the host, 0 throttled; {} events; {:.1?}",
         stats["faults"],
+        stats["total_requests"],
         truth.len(),
         started.elapsed()
     );
