@@ -61,4 +61,7 @@ echo "== one whole record (dphost search --limit 1 event_type:clickPermitted)"
 record=$("$dphost" search "${cfg[@]}" --limit 1 event_type:clickPermitted)
 if command -v python3 >/dev/null; then echo "$record" | python3 -m json.tool; else echo "$record"; fi
 echo
+echo "== dphost status"
+"$dphost" status "${cfg[@]}"
+echo
 echo "Try: $dphost search ${cfg[*]} --format table 'event_type:messageDelivered'"
