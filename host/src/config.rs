@@ -865,7 +865,8 @@ fn parse_outputs(
         let raw: RawOutput = match toml::Value::Table(table).try_into() {
             Ok(r) => r,
             Err(e) => {
-                problems.push(format!("{at}: {}", e.message().trim()));
+                // "invalid type: ..., expected a boolean in `tls`"
+                problems.push(format!("{at}: {}", e.to_string().trim().replace('\n', " ")));
                 continue;
             }
         };
@@ -906,7 +907,12 @@ fn output_from_raw(raw: RawOutput, base: &Path) -> std::result::Result<OutputCon
             )),
         }
     }
-    indexes.dedup();
+    let mut seen = Vec::new();
+    indexes.retain(|i| {
+        let first = !seen.contains(i);
+        seen.push(*i);
+        first
+    });
     if indexes.is_empty() && problems.is_empty() {
         problems.push("`indexes` is empty: list `syslog` and/or `alerts`".into());
     }
@@ -1257,7 +1263,7 @@ mod tests {
             [[output]]
             kind = "ndjson"
             path = "spool"
-            indexes = ["alerts"]
+            indexes = ["alerts", "alerts"]
             rotate_mib = 0.5
         "#;
         let c = Config::parse(text, &dir.path().join("dphost.toml")).unwrap();
@@ -1311,6 +1317,7 @@ mod tests {
                 [[output]]
                 kind = "syslog"
                 address = "a:1"
+                tls = "yes"
                 [[output]]
                 kind = "syslog"
                 address = "b:2"
@@ -1328,6 +1335,7 @@ mod tests {
             "#3: `indexes` has `quarantine`",
             "#3: `rotate_secs` must be at least 1",
             "#3: `path` is required for an ndjson output",
+            "#4: invalid type: string \"yes\", expected a boolean in `tls`",
             "#5: unknown field `colour`",
         ] {
             assert!(err.contains(want), "missing {want:?} in:\n{err}");

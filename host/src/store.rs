@@ -296,11 +296,15 @@ impl Store {
             )?;
             // Inside this IMMEDIATE transaction no other writer runs, so the
             // change sequence grows in commit order (see `migrate_forwarding`).
-            let mut change_seq: i64 = tx.query_row(
-                "SELECT coalesce(max(change_seq), 0) FROM records",
-                [],
-                |r| r.get(0),
-            )?;
+            let mut change_seq: i64 = if batch.records.is_empty() {
+                0
+            } else {
+                tx.query_row(
+                    "SELECT coalesce(max(change_seq), 0) FROM records",
+                    [],
+                    |r| r.get(0),
+                )?
+            };
             for r in &batch.records {
                 let stmt = match r.mode {
                     WriteMode::Insert => &mut insert,

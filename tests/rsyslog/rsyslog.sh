@@ -19,7 +19,7 @@ case "$cmd" in
 setup)
     plain=${3:?plain TCP port}
     tls=${4:?TLS port}
-    if ! command -v rsyslogd >/dev/null 2>&1 || [ ! -e /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_gtls.so ] && ! ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1; then
+    if ! command -v rsyslogd >/dev/null 2>&1 || ! ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1; then
         echo "installing rsyslog and rsyslog-gnutls" >&2
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -q >&2

@@ -166,9 +166,7 @@ pub async fn run_output(store: Arc<Store>, output: OutputConfig, mut stop: watch
                 if failing {
                     failing = false;
                     tracing::info!(output = %output.name, "delivering to {} again", output.destination());
-                    if let Err(e) = store.forward_error(&output.name, None) {
-                        tracing::warn!(output = %output.name, "cannot clear the output's error in the store: {e:#}");
-                    }
+                    keep_error(&store, &output.name, None).await;
                 }
                 backoff = BACKOFF_MIN;
                 if n > 0 {
@@ -187,9 +185,7 @@ pub async fn run_output(store: Arc<Store>, output: OutputConfig, mut stop: watch
                     output.destination(),
                     backoff
                 );
-                if let Err(e) = store.forward_error(&output.name, Some(&msg)) {
-                    tracing::warn!(output = %output.name, "cannot keep the output's error in the store: {e:#}");
-                }
+                keep_error(&store, &output.name, Some(msg)).await;
                 let wait = backoff;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 wait
@@ -199,6 +195,15 @@ pub async fn run_output(store: Arc<Store>, output: OutputConfig, mut stop: watch
             _ = tokio::time::sleep(wait) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
+    }
+}
+
+/// Records (or clears) the output's last error in the store, for status.
+async fn keep_error(store: &Arc<Store>, output: &str, error: Option<String>) {
+    let (store, name) = (store.clone(), output.to_string());
+    let r = tokio::task::spawn_blocking(move || store.forward_error(&name, error.as_deref())).await;
+    if let Ok(Err(e)) | Err(e) = r.map_err(anyhow::Error::from) {
+        tracing::warn!(output = %output, "cannot keep the output's state in the store: {e:#}");
     }
 }
 

@@ -234,7 +234,8 @@ async fn wait_acknowledged(fd: std::os::fd::RawFd, address: &str) -> Result<()> 
     }
 }
 
-/// (bytes not yet acknowledged by the peer, TCP state).
+/// (bytes not yet acknowledged by the peer, TCP state). SIOCOUTQ is
+/// `write_seq - snd_una` for TCP: unsent plus sent-but-unacknowledged.
 #[cfg(target_os = "linux")]
 fn socket_queue(fd: std::os::fd::RawFd) -> std::io::Result<(i32, u8)> {
     let mut unacked: libc::c_int = 0;
