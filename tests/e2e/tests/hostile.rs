@@ -82,7 +82,7 @@ fn runaway_and_malicious_components_are_stopped_and_the_healthy_tenant_is_comple
         probe(
             "spinner",
             &url,
-            "probe = \"spin\"\nlimits = { cpu_seconds = 4 }",
+            "probe = \"spin\"\nlimits = { cpu_seconds = 6 }",
         ),
         probe("hog", &url, "probe = \"hog\"\nlimits = { memory_mib = 32 }"),
         probe("recurser", &url, "probe = \"recurse\""),
@@ -126,7 +126,7 @@ fn runaway_and_malicious_components_are_stopped_and_the_healthy_tenant_is_comple
     // Infinite loop, allocation, recursion: stopped, each with its reason.
     let l = line_of(&stdout, "spinner");
     assert!(
-        l.contains("FAILED (cpu-deadline)") && l.contains("CPU budget of 4 s"),
+        l.contains("FAILED (cpu-deadline)") && l.contains("CPU budget of 6 s"),
         "{l}"
     );
     let l = line_of(&stdout, "hog");
