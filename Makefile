@@ -7,7 +7,7 @@ COMPONENTS  := components
 RELEASE     := target/release
 WASM_OUT    := target/$(WASM_TARGET)/release
 
-.PHONY: all setup build run test lint fmt bench clean
+.PHONY: all setup build run test lint fmt bench clean fuzz soak
 
 all: build
 
@@ -34,6 +34,21 @@ run: build
 ## test: unit tests (host, guest natively, simulator) and end-to-end tests
 test: build
 	$(CARGO) test --release --workspace
+
+## fuzz: fuzz the TAP response parser and normaliser (cargo-fuzz, libFuzzer),
+## FUZZ_SECS per target, seeded from the hand-made corpus; findings in fuzz/artifacts
+FUZZ_SECS ?= 60
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+	FUZZ_SEED_DIR=$(CURDIR)/fuzz/corpus $(CARGO) test --release -p proofpoint-tap --lib harness::tests::seeds -- --nocapture
+	cd fuzz && for t in siem_body siem_event; do \
+	  RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t -- -max_total_time=$(FUZZ_SECS) -rss_limit_mb=4096 || exit 1; \
+	done
+
+## soak: the crash-consistency test with SOAK_KILLS SIGKILLs (make test: 50)
+SOAK_KILLS ?= 500
+soak: build
+	DPHOST_SOAK_KILLS=$(SOAK_KILLS) $(CARGO) test --release -p e2e --test crash -- --nocapture
 
 ## lint: formatting and clippy, native and wasm
 lint:

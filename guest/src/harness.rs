@@ -326,6 +326,16 @@ mod tests {
         );
     }
 
+    /// `make fuzz` seeds its corpus from here (`FUZZ_SEED_DIR`).
+    #[test]
+    fn seeds() {
+        let Some(dir) = std::env::var_os("FUZZ_SEED_DIR") else {
+            return;
+        };
+        let n = corpus::write_seeds(std::path::Path::new(&dir)).unwrap();
+        eprintln!("wrote {n} fuzzing seeds to {}", dir.to_string_lossy());
+    }
+
     #[test]
     fn broken_bodies_fail_the_window_whole_or_are_collected_never_panic() {
         let bodies = corpus::bodies();

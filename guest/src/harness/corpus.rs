@@ -463,3 +463,34 @@ pub fn bodies() -> Vec<(&'static str, Vec<u8>)> {
         ),
     ]
 }
+
+/// Writes the corpus as fuzzing seeds: `dir/siem_body/*` (whole bodies, the
+/// nasty events inside good responses too) and `dir/siem_event/*` (a type
+/// selector byte, then the event), the input shapes of `fuzz/`'s targets.
+pub fn write_seeds(dir: &std::path::Path) -> std::io::Result<usize> {
+    let (bodies_dir, events_dir) = (dir.join("siem_body"), dir.join("siem_event"));
+    std::fs::create_dir_all(&bodies_dir)?;
+    std::fs::create_dir_all(&events_dir)?;
+    let mut n = 0;
+    for (i, (_, body)) in bodies().into_iter().enumerate() {
+        std::fs::write(bodies_dir.join(format!("body-{i:02}")), body)?;
+        n += 1;
+    }
+    for (i, e) in events().into_iter().enumerate() {
+        let selector = EventType::ALL
+            .iter()
+            .position(|t| *t == e.event_type)
+            .expect("a known type") as u8;
+        let good = good_event(e.event_type, 1);
+        std::fs::write(
+            bodies_dir.join(format!("event-{i:02}")),
+            body_with(e.event_type, &[good.as_bytes(), &e.bytes]),
+        )?;
+        std::fs::write(
+            events_dir.join(format!("event-{i:02}")),
+            [&[selector][..], &e.bytes].concat(),
+        )?;
+        n += 2;
+    }
+    Ok(n)
+}

@@ -27,12 +27,10 @@ fn nasty_events_through_the_component_are_stored_or_quarantined_with_their_reaso
         })
         .collect();
     let mut args: Vec<String> = vec!["--retime".into(), "--max-lag-min".into(), "0".into()];
-    let mut good = 0;
-    for event_type in EventType::ALL {
+    for (k, event_type) in EventType::ALL.into_iter().enumerate() {
         let mut lines: Vec<String> = (0..3)
-            .map(|n| corpus::good_event(event_type, 100 * good + n))
+            .map(|n| corpus::good_event(event_type, 100 * k + n))
             .collect();
-        good += 1;
         for (_, c) in cases.iter().filter(|(_, c)| c.event_type == event_type) {
             lines.push(String::from_utf8(c.bytes.clone())?);
         }

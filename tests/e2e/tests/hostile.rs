@@ -82,7 +82,7 @@ fn runaway_and_malicious_components_are_stopped_and_the_healthy_tenant_is_comple
         probe(
             "spinner",
             &url,
-            "probe = \"spin\"\nlimits = { cpu_seconds = 4 }",
+            "probe = \"spin\"\nlimits = { cpu_seconds = 6 }",
         ),
         probe("hog", &url, "probe = \"hog\"\nlimits = { memory_mib = 32 }"),
         probe("recurser", &url, "probe = \"recurse\""),
@@ -126,7 +126,7 @@ fn runaway_and_malicious_components_are_stopped_and_the_healthy_tenant_is_comple
     // Infinite loop, allocation, recursion: stopped, each with its reason.
     let l = line_of(&stdout, "spinner");
     assert!(
-        l.contains("FAILED (cpu-deadline)") && l.contains("CPU budget of 4 s"),
+        l.contains("FAILED (cpu-deadline)") && l.contains("CPU budget of 6 s"),
         "{l}"
     );
     let l = line_of(&stdout, "hog");
@@ -412,6 +412,107 @@ fn requests_are_refused_by_name_and_by_resolved_address_and_redirects_are_not_fo
     assert_eq!(
         outcome("rebound"),
         "status 200; authorization header refused: true"
+    );
+    Ok(())
+}
+
+#[test]
+fn under_dphost_run_the_healthy_tenant_keeps_its_cadence_while_hostile_runs_are_stopped(
+) -> Result<()> {
+    let sim = Sim::start(&[
+        "--seed",
+        "23",
+        "--rate",
+        "300",
+        "--history-hours",
+        "1",
+        "--max-lag-min",
+        "0",
+    ])?;
+    let ws = Workspace::new()?;
+    ws.write_config(&format!(
+        "{}{}{}",
+        tap_connector("healthy", "acme", &sim, "initial_lookback_hours = 1"),
+        probe(
+            "spinner",
+            &sim.url,
+            "probe = \"spin\"\nlimits = { cpu_seconds = 3 }"
+        ),
+        probe(
+            "hog",
+            &sim.url,
+            "probe = \"hog\"\nlimits = { memory_mib = 32 }"
+        ),
+    ))?;
+    // Every connector every second.
+    let mut child = std::process::Command::new(dphost_bin())
+        .args(["run", "--config"])
+        .arg(ws.config_path())
+        .env("DPHOST_INTERVAL_SECS", "1")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let waited = loop {
+        let spinner_runs = ws.runs("spinner").map(|r| r.len()).unwrap_or(0);
+        if spinner_runs >= 2 {
+            break true;
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = child.wait()?;
+    assert!(waited, "the spinner never finished two runs");
+    assert!(status.success(), "{status:?}");
+
+    let healthy = ws.runs("healthy")?;
+    let spinner = ws.runs("spinner")?;
+    let hog = ws.runs("hog")?;
+    assert!(healthy.iter().all(|(o, _, _)| o == "ok"), "{healthy:?}");
+    assert!(
+        spinner.iter().all(|(o, _, _)| o == "cpu-deadline"),
+        "{spinner:?}"
+    );
+    assert!(hog.iter().all(|(o, _, _)| o == "memory-cap"), "{hog:?}");
+    // While the spinner burnt its 3 CPU seconds, the healthy tenant kept
+    // starting its runs, one a second.
+    let (_, s_start, s_end) = spinner[0];
+    let during = healthy
+        .iter()
+        .filter(|(_, start, _)| (s_start..=s_end).contains(start))
+        .count();
+    assert!(
+        during >= 2,
+        "{during} healthy runs started during the spinner's run: {healthy:?} / {spinner:?}"
+    );
+    // Its data: no duplicates, nothing that is not in the API, everything
+    // up to its last run's horizon.
+    ws.assert_store_intact()?;
+    let last_start = healthy.last().unwrap().1;
+    let horizon =
+        OffsetDateTime::from_unix_timestamp_nanos((last_start as i128 - 61_000) * 1_000_000)?;
+    let landed = landed_events(&ws)?;
+    let landed_set = multiset(landed.iter().map(|(t, e)| (t.as_str(), e)));
+    let truth_all = sim.truth()?;
+    let all_set = multiset(truth_all.iter().map(|(t, e)| (t.as_str(), e)));
+    assert!(landed_set.iter().all(|(k, n)| all_set.get(k) == Some(n)));
+    let due = sim.truth_between(None, Some(&rfc3339(horizon)))?;
+    assert!(due.len() > 200, "{}", due.len());
+    for (k, n) in multiset(due.iter().map(|(t, e)| (t.as_str(), e))) {
+        assert_eq!(landed_set.get(&k), Some(&n), "missing: {}", &k.1[..120]);
+    }
+    eprintln!(
+        "hostile run: {} healthy runs ({during} during the spinner's first run), {} spinner and {} hog runs stopped; {} events, 0 missing, 0 duplicated",
+        healthy.len(),
+        spinner.len(),
+        hog.len(),
+        landed.len()
     );
     Ok(())
 }
