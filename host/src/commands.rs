@@ -27,7 +27,11 @@ pub async fn run(config_path: &Path) -> Result<ExitCode> {
         );
     }
     let runtime = Arc::new(Runtime::new(&config)?);
+    // Response actions: performed as soon as the outbox has them (polled).
+    let worker = crate::response::worker::Worker::new(config.clone(), runtime.store.clone())?;
+    let worker = tokio::spawn(worker.run_forever(std::time::Duration::from_secs(5)));
     scheduler::run(config, runtime).await?;
+    worker.abort();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -70,6 +74,11 @@ pub async fn once(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
         reports.push(r?);
     }
     reports.sort_by_key(|(i, _)| *i);
+    crate::response::fault_point("after-collect");
+    // Then the response actions those runs queued (and any still due).
+    let worker =
+        crate::response::worker::Worker::new(Arc::new(config.clone()), runtime.store.clone())?;
+    let actions = worker.pass().await?;
     let mut failed = 0;
     let mut out = std::io::stdout().lock();
     for (_, r) in &reports {
@@ -77,6 +86,16 @@ pub async fn once(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
         if r.result.is_err() {
             failed += 1;
         }
+    }
+    if !actions.is_empty() {
+        writeln!(out, "response actions: {}", actions.describe())?;
+        for e in &actions.errors {
+            writeln!(out, "  problem: {e}")?;
+        }
+    }
+    if !actions.errors.is_empty() {
+        writeln!(out, "{} response action problem(s)", actions.errors.len())?;
+        return Ok(ExitCode::from(1));
     }
     if failed > 0 {
         writeln!(out, "{failed} of {} connector(s) failed", reports.len())?;
@@ -360,6 +379,7 @@ pub fn status(config_path: &Path, json: bool) -> Result<ExitCode> {
             "checkpoint": checkpoint,
             "lag_seconds": lag_secs,
             "interval_min": c.interval_min,
+            "actions": actions_status(&store, &c.name)?,
         }));
     }
     let mut out = std::io::stdout().lock();
@@ -425,8 +445,39 @@ pub fn status(config_path: &Path, json: bool) -> Result<ExitCode> {
         if let Some(e) = r["last_error"].as_str() {
             writeln!(out, "  last error: {e}")?;
         }
+        if let Some(by) = r["actions"]["by_outcome"]
+            .as_object()
+            .filter(|m| !m.is_empty())
+        {
+            let counts: Vec<String> = by.iter().map(|(k, v)| format!("{v} {k}")).collect();
+            writeln!(out, "  response actions: {}", counts.join(", "))?;
+            if let Some(last) = r["actions"]["last"].as_object() {
+                writeln!(
+                    out,
+                    "  last action: {} {} at {}: {}",
+                    last.get("event_type")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("-"),
+                    last.get("email")
+                        .and_then(|e| e["recipient"]["address"].as_str())
+                        .unwrap_or("-"),
+                    last.get("timestamp")
+                        .and_then(|v| v.as_i64())
+                        .map(fmt_ms)
+                        .unwrap_or_default(),
+                    last.get("message").and_then(|v| v.as_str()).unwrap_or(""),
+                )?;
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Response actions of a connector for `dphost status`: counts by outcome
+/// (queued, retrying, done, already-disabled, ...) and the last audit record.
+fn actions_status(store: &Store, connector: &str) -> Result<serde_json::Value> {
+    let s = crate::response::outbox::summary(store, connector)?;
+    Ok(serde_json::json!({ "by_outcome": s.by_outcome, "last": s.last }))
 }
 
 fn fmt_ms(ms: i64) -> String {

@@ -19,6 +19,8 @@ pub struct Config {
     pub path: PathBuf,
     pub host: HostConfig,
     pub connectors: Vec<ConnectorConfig>,
+    /// `[[ad]]`: Active Directory targets of the response actions.
+    pub ad: Vec<crate::response::config::AdTarget>,
 }
 
 /// `[host]`: where the host keeps its data and finds its components.
@@ -178,6 +180,8 @@ pub struct ConnectorConfig {
     pub limits: Limits,
     /// Log filters: Syslog records matching any of them are not stored.
     pub filters: Vec<LogFilter>,
+    /// `[connector.response.disable_user]`, if configured.
+    pub response: Option<crate::response::config::DisableUserPolicy>,
     /// The configuration handed to the component as JSON (no secrets).
     pub component_config: serde_json::Map<String, serde_json::Value>,
 }
@@ -245,6 +249,7 @@ const HOST_KEYS: &[&str] = &[
     "secret_file",
     "limits",
     "filter",
+    "response",
 ];
 
 /// Keys that must never reach a component.
@@ -257,6 +262,8 @@ struct RawFile {
     host: Option<HostConfig>,
     #[serde(default)]
     connector: Vec<toml::Table>,
+    #[serde(default)]
+    ad: Vec<toml::Value>,
 }
 
 impl HostConfig {
@@ -314,6 +321,37 @@ impl Config {
                 }
             }
         }
+        let mut ad = Vec::new();
+        for (i, table) in raw.ad.into_iter().enumerate() {
+            match crate::response::config::AdTarget::from_toml(table, &base) {
+                Ok(t)
+                    if ad
+                        .iter()
+                        .any(|a: &crate::response::config::AdTarget| a.name == t.name) =>
+                {
+                    problems.push(format!(
+                        "[[ad]] `{}` is defined twice: AD target names must be unique",
+                        t.name
+                    ))
+                }
+                Ok(t) => ad.push(t),
+                Err(errs) => {
+                    problems.extend(errs.into_iter().map(|e| format!("[[ad]] #{}: {e}", i + 1)))
+                }
+            }
+        }
+        for c in &connectors {
+            if let Some(target) = c.response.as_ref().and_then(|p| p.ad.as_deref()) {
+                if !ad.iter().any(|a| a.name == target) {
+                    let known: Vec<_> = ad.iter().map(|a| a.name.as_str()).collect();
+                    problems.push(format!(
+                        "connector `{}`: response.disable_user.ad = \"{target}\" names no [[ad]] table (configured: {})",
+                        c.name,
+                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    ));
+                }
+            }
+        }
         if !problems.is_empty() {
             bail!(
                 "{} has {} problem(s):\n  - {}",
@@ -326,6 +364,7 @@ impl Config {
             path: path.to_path_buf(),
             host,
             connectors,
+            ad,
         })
     }
 
@@ -476,6 +515,11 @@ impl ConnectorConfig {
         }
 
         let filters = parse_filters(table.get("filter"), &label, text, &mut problems);
+        let response = crate::response::config::DisableUserPolicy::from_toml(
+            table.get("response"),
+            &label,
+            &mut problems,
+        );
 
         if !problems.is_empty() {
             return Err(problems);
@@ -504,6 +548,9 @@ impl ConnectorConfig {
         // A component need not ask about filters (copying every batch across
         // the sandbox boundary) when there are none.
         component_config.insert("log_filters".into(), filters.len().into());
+        if let Some(policy) = &response {
+            component_config.insert("response".into(), policy.to_component_json());
+        }
         // The component sizes its commits and reads to fit what the host allows.
         component_config.insert(
             "limits".into(),
@@ -527,6 +574,7 @@ impl ConnectorConfig {
             secret,
             limits,
             filters,
+            response,
             component_config,
         })
     }

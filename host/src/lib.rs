@@ -7,6 +7,8 @@
 //! - `store`: the embedded SQLite store (state, indexes, outbox, run history);
 //! - `scheduler`: `dphost run`;
 //! - `search`: the query language of `dphost search`;
+//! - `response`: response actions (disable a user in Active Directory) from
+//!   the outbox, with their audit trail;
 //! - `commands`: the CLI's subcommands.
 
 pub mod bindings;
@@ -14,6 +16,7 @@ pub mod caps;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod response;
 pub mod runtime;
 pub mod scheduler;
 pub mod search;

@@ -18,16 +18,24 @@ pub enum Index {
     Syslog,
     Alerts,
     Quarantine,
+    /// The audit trail of response actions, written by the host only.
+    Actions,
 }
 
 impl Index {
-    pub const ALL: [Index; 3] = [Index::Syslog, Index::Alerts, Index::Quarantine];
+    pub const ALL: [Index; 4] = [
+        Index::Syslog,
+        Index::Alerts,
+        Index::Quarantine,
+        Index::Actions,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Index::Syslog => "syslog",
             Index::Alerts => "alerts",
             Index::Quarantine => "quarantine",
+            Index::Actions => "actions",
         }
     }
 
@@ -35,7 +43,9 @@ impl Index {
         Index::ALL
             .into_iter()
             .find(|i| i.as_str() == s)
-            .with_context(|| format!("unknown index `{s}`: use syslog, alerts or quarantine"))
+            .with_context(|| {
+                format!("unknown index `{s}`: use syslog, alerts, quarantine or actions")
+            })
     }
 }
 
@@ -322,6 +332,22 @@ impl Store {
         }
         tx.commit().context("committing the batch")?;
         Ok(outcome)
+    }
+
+    /// Runs `f` in an immediate transaction on the writer, for modules that
+    /// keep their own tables in this store (`response`).
+    pub fn write_tx<T>(&self, f: impl FnOnce(&rusqlite::Transaction) -> Result<T>) -> Result<T> {
+        let mut conn = self.writer.lock().expect("store writer poisoned");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit().context("committing to the store")?;
+        Ok(out)
+    }
+
+    /// Runs `f` on the reader connection.
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.reader.lock().expect("store reader poisoned");
+        f(&conn)
     }
 
     /// For each id, whether it is stored in `index` for `connector`.
