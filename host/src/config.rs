@@ -322,6 +322,13 @@ impl Config {
             }
         }
         let mut ad = Vec::new();
+        // Named even when a table has problems, so a policy naming it is not
+        // reported as naming nothing.
+        let ad_names: Vec<String> = raw
+            .ad
+            .iter()
+            .filter_map(|t| t.get("name")?.as_str().map(str::to_string))
+            .collect();
         for (i, table) in raw.ad.into_iter().enumerate() {
             match crate::response::config::AdTarget::from_toml(table, &base) {
                 Ok(t)
@@ -342,8 +349,8 @@ impl Config {
         }
         for c in &connectors {
             if let Some(target) = c.response.as_ref().and_then(|p| p.ad.as_deref()) {
-                if !ad.iter().any(|a| a.name == target) {
-                    let known: Vec<_> = ad.iter().map(|a| a.name.as_str()).collect();
+                if !ad_names.iter().any(|a| a == target) {
+                    let known: Vec<_> = ad_names.iter().map(String::as_str).collect();
                     problems.push(format!(
                         "connector `{}`: response.disable_user.ad = \"{target}\" names no [[ad]] table (configured: {})",
                         c.name,

@@ -111,7 +111,7 @@ sed -i "/^\[global\]/a\\
 H=(-H "$dir/private/sam.ldb" --configfile="$conf")
 user() { samba-tool user create "$@" "${H[@]}" >>"$log" 2>&1; }
 user svc-dphost "$SVC_PASS"
-for u in alice carol dan henry ivan erin dave frank grace kim; do
+for u in alice carol dan henry ivan erin dave frank grace kim lena; do
   user "$u" "$USER_PASS" --mail-address="$u.mail@corp.test"
 done
 # bob has only a UPN (bob@corp.test), no mail.

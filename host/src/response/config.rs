@@ -328,3 +328,99 @@ mod tests {
         assert_eq!(parse_duration_ms("400d"), None);
     }
 }
+
+#[cfg(test)]
+mod config_file_tests {
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn parse(dir: &Path, ad: &str, policy: &str) -> anyhow::Result<Config> {
+        let text = format!(
+            r#"
+[[ad]]
+name = "corp"
+url = "ldaps://dc1.corp.example:636"
+bind_dn = "svc@corp.example"
+base_dn = "DC=corp,DC=example"
+ca_file = "ca.pem"
+{ad}
+
+[[connector]]
+name = "c"
+tenant = "t"
+component = "proofpoint_tap"
+host_url = "https://tap-api-v2.proofpoint.com"
+[connector.response.disable_user]
+{policy}
+"#
+        );
+        Config::parse(&text, &dir.join("dphost.toml"))
+    }
+
+    #[test]
+    fn a_good_policy_reaches_the_component_without_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+        let cfg = parse(
+            dir.path(),
+            "password_env = \"AD_PW\"\nprotected = [\"ceo@corp.example\"]",
+            "enabled = true\nad = \"corp\"\nduration = \"4h\"",
+        )
+        .unwrap();
+        assert_eq!(cfg.ad[0].protected, vec!["ceo@corp.example"]);
+        let json: serde_json::Value =
+            serde_json::from_str(&cfg.connectors[0].component_config_json()).unwrap();
+        assert_eq!(
+            json["response"]["disable_user"],
+            serde_json::json!({
+                "enabled": true, "ad": "corp", "on": ["clickDelivered", "messageDelivered"],
+                "duration_ms": 14_400_000, "dry_run": false
+            })
+        );
+        assert!(!json.to_string().contains("AD_PW"));
+    }
+
+    #[test]
+    fn bad_policies_and_targets_are_explained() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = format!(
+            "{:#}",
+            parse(
+                dir.path(),
+                "password_env = \"A\"\npassword_file = \"f\"",
+                "enabled = true\nad = \"other\"",
+            )
+            .unwrap_err()
+        );
+        for needle in [
+            "exactly one of `password_env`",
+            "`ca_file`",
+            "does not exist",
+            "names no [[ad]] table (configured: corp)",
+        ] {
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+        let err = format!(
+            "{:#}",
+            parse(
+                dir.path(),
+                "password_env = \"A\"",
+                "enabled = true\nad = \"corp\"\nduration = \"soon\""
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("duration `soon`"), "{err}");
+        std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+        let err = format!(
+            "{:#}",
+            parse(
+                dir.path(),
+                "password_env = \"A\"\nstarttls = true",
+                "enabled = true\nad = \"corp\"\nbogus = 1"
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("already LDAPS"), "{err}");
+        assert!(err.contains("bogus"), "{err}");
+    }
+}

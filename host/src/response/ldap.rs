@@ -48,7 +48,7 @@ pub fn explain_result(rc: u32, text: &str) -> String {
         32 => "the object does not exist (result 32, noSuchObject): check `base_dn` in [[ad]], or the account was moved or deleted meanwhile".to_string(),
         49 => explain_bind_failure(text),
         50 => "the bind account lacks the right to change this account (result 50, insufficientAccessRights): delegate \"Write userAccountControl\" (Read/Write Account Restrictions) on the users' OU to the bind account".to_string(),
-        51 | 52 | 53 => format!("the domain controller is busy or unwilling (result {rc}); dphost tries again later"),
+        51..=53 => format!("the domain controller is busy or unwilling (result {rc}); dphost tries again later"),
         other => format!("the domain controller answered with LDAP result {other}"),
     };
     if text.is_empty() {
@@ -80,7 +80,6 @@ fn explain_bind_failure(text: &str) -> String {
         "701" => "the bind account has expired (data 701): extend its expiry in Active Directory",
         "773" => "the bind account must change its password (data 773): set a new one and update the secret",
         "775" => "the bind account is locked out (data 775): unlock it in Active Directory, then check the password",
-        "" => "the bind credentials were rejected",
         _ => "the bind credentials were rejected",
     };
     format!("bind failed: {why} (result 49, invalidCredentials)")
@@ -90,7 +89,7 @@ fn classify(e: LdapError, doing: &str) -> AdError {
     match e {
         LdapError::LdapResult { result } => {
             let sentence = explain_result(result.rc, &result.text);
-            if matches!(result.rc, 49 | 8 | 51 | 52 | 53) {
+            if matches!(result.rc, 8 | 49 | 51..=53) {
                 AdError::Connection(format!("{doing}: {sentence}"))
             } else {
                 AdError::Operation(format!("{doing}: {sentence}"))

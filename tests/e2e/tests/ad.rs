@@ -7,7 +7,7 @@
 //! The DC's users (see the script): alice (mail, DONT_EXPIRE_PASSWORD),
 //! bob (UPN only), carol (proxyAddresses alias), dan, henry, ivan, kim,
 //! dave (Domain Admins), erin (Domain Admins through a nested group),
-//! frank, grace (group VIP), svc-dphost (the bind account).
+//! frank, grace (group VIP), lena, svc-dphost (the bind account).
 
 use anyhow::{bail, Context, Result};
 use e2e::*;
@@ -557,5 +557,40 @@ fn a_limited_duration_reenables_only_what_it_disabled() -> Result<()> {
     let out = once(&s.ws, None)?;
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(audit(&s.ws, "event_type:re-enabled").len(), 1);
+    Ok(())
+}
+
+#[test]
+fn dphost_run_performs_queued_actions_as_they_come() -> Result<()> {
+    let dc = dc();
+    let s = setup(
+        "run@bad.example.net",
+        &["lena.mail@corp.test"],
+        LDAPS,
+        "",
+        None,
+    )?;
+    let mut child = Command::new(dphost_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(s.ws.config_path())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // The scheduler collects at start and the worker polls the outbox: wait
+    // (bounded) for the audit to say it is done.
+    let mut done = Vec::new();
+    for _ in 0..600 {
+        done = audit(&s.ws, "event_type:done");
+        if !done.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(targets(&done), vec!["lena.mail@corp.test"]);
+    assert_eq!(dc.uac("lena"), 0x202);
     Ok(())
 }
