@@ -60,6 +60,8 @@ impl PassReport {
     }
 }
 
+type Sessions = HashMap<String, Result<AdSession, AdError>>;
+
 pub struct Worker {
     config: Arc<Config>,
     store: Arc<Store>,
@@ -120,14 +122,16 @@ impl Worker {
     pub async fn pass(&self) -> Result<PassReport> {
         let now = self.clock.now_ms()?;
         let mut report = PassReport::default();
-        let mut sessions: HashMap<String, AdSession> = HashMap::new();
+        // One session per AD target per pass; a target that cannot be
+        // reached is tried once per pass, not once per action.
+        let mut sessions: Sessions = HashMap::new();
         for a in outbox::due(&self.store, now, PASS_LIMIT)? {
             self.perform(&a, now, &mut sessions, &mut report).await?;
         }
         for a in outbox::expired(&self.store, now, PASS_LIMIT)? {
-            self.reenable(&a, now, &mut sessions, &mut report).await?;
+            self.reenable(&a, &mut sessions, &mut report).await?;
         }
-        for (_, s) in sessions {
+        for s in sessions.into_values().flatten() {
             s.close().await;
         }
         Ok(report)
@@ -176,20 +180,23 @@ impl Worker {
     async fn session<'s>(
         &self,
         target: &AdTarget,
-        sessions: &'s mut HashMap<String, AdSession>,
+        sessions: &'s mut Sessions,
     ) -> Result<&'s mut AdSession, AdError> {
         if !sessions.contains_key(&target.name) {
-            let s = AdSession::connect(target).await?;
+            let s = AdSession::connect(target).await;
             sessions.insert(target.name.clone(), s);
         }
-        Ok(sessions.get_mut(&target.name).expect("inserted"))
+        match sessions.get_mut(&target.name).expect("inserted") {
+            Ok(s) => Ok(s),
+            Err(e) => Err(e.clone()),
+        }
     }
 
     async fn perform(
         &self,
         a: &Action,
         now: i64,
-        sessions: &mut HashMap<String, AdSession>,
+        sessions: &mut Sessions,
         report: &mut PassReport,
     ) -> Result<()> {
         if a.kind != DISABLE_USER {
@@ -241,7 +248,9 @@ impl Worker {
             Err(e) => Err(e),
         };
         let Err(e) = result else { return Ok(()) };
-        if e.is_connection() {
+        // A session that broke is opened again by the next action; a target
+        // that could not be reached stays so for the rest of this pass.
+        if e.is_connection() && matches!(sessions.get(&target.name), Some(Ok(_))) {
             sessions.remove(&target.name);
         }
         let attempts = a.attempts + 1;
@@ -435,8 +444,7 @@ impl Worker {
     async fn reenable(
         &self,
         a: &Action,
-        now: i64,
-        sessions: &mut HashMap<String, AdSession>,
+        sessions: &mut Sessions,
         report: &mut PassReport,
     ) -> Result<()> {
         let p = Params::of(a);
@@ -497,12 +505,11 @@ impl Worker {
         match result {
             Ok(()) => outbox::finish(&self.store, a, "reenabled", "re-enabled", None, None),
             Err(e) => {
-                if e.is_connection() {
+                if e.is_connection() && matches!(sessions.get(&target.name), Some(Ok(_))) {
                     sessions.remove(&target.name);
                 }
                 // Tried again on the next pass: the action stays due.
                 report.errors.push(format!("re-enabling {}: {e}", a.target));
-                let _ = now;
                 Ok(())
             }
         }
