@@ -110,7 +110,17 @@ impl Platform for HostPlatform {
                     },
                 })
                 .collect(),
-            actions: Vec::new(),
+            actions: batch
+                .actions
+                .into_iter()
+                .map(|a| wit::Action {
+                    id: a.id,
+                    kind: a.kind,
+                    target: a.target,
+                    reason: a.reason,
+                    params: a.params,
+                })
+                .collect(),
             state: batch.state,
         };
         sink::commit(&batch).map(|o| CommitOutcome {

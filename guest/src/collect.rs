@@ -119,6 +119,7 @@ pub fn collect<H: Http, P: Platform>(
         // next one to shrink its windows.
         let cleared = cycle.platform.commit(Batch {
             records: Vec::new(),
+            actions: Vec::new(),
             state: vec![(IN_PROGRESS_KEY.to_string(), None)],
         });
         if cleared.is_ok() {
@@ -164,8 +165,11 @@ impl Batcher {
         Batcher {
             records: Vec::new(),
             bytes: 0,
-            // Each event may add an alert to its commit: leave them room.
-            max_records: if config.alerts.enabled {
+            // Each event may add an alert to its commit, and response
+            // actions for its recipients: leave them room.
+            max_records: if config.disable_user.is_some() {
+                (config.limits.batch_records() / 4).max(1)
+            } else if config.alerts.enabled {
                 (config.limits.batch_records() / 2).max(1)
             } else {
                 config.limits.batch_records()
@@ -486,6 +490,7 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
         let (next, wait) = self.backoff.strike(now, retry_after, &self.config.name);
         let committed = self.platform.commit(Batch {
             records: Vec::new(),
+            actions: Vec::new(),
             state: vec![next.state_change()],
         });
         if let Err(e) = committed {
@@ -824,15 +829,20 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
         mut records: Vec<Record>,
         mut state: Vec<(String, Option<Vec<u8>>)>,
     ) -> Result<(), ConnectorError> {
+        let mut actions = Vec::new();
         if self.config.alerts.enabled {
-            self.derive_alerts(&mut records, &mut state);
+            self.derive_alerts(&mut records, &mut state, &mut actions);
         }
         let count = records.len();
         // Alerts are upserts (always "written"): count events and alerts apart.
         let alert_records = records.iter().filter(|r| r.index == Index::Alerts).count() as u32;
         let outcome = self
             .platform
-            .commit(Batch { records, state })
+            .commit(Batch {
+                records,
+                actions,
+                state,
+            })
             .map_err(|e| {
                 ConnectorError::Internal(format!(
                     "the data lake refused a batch of {count} records: {e}"
@@ -852,6 +862,7 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
         &mut self,
         records: &mut Vec<Record>,
         state: &mut Vec<(String, Option<Vec<u8>>)>,
+        actions: &mut Vec<crate::platform::Action>,
     ) {
         let events: Vec<usize> = (0..records.len())
             .filter(|&i| {
@@ -880,6 +891,7 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
         let mut book = AlertBook::new();
         let mut slots = BTreeSet::new();
         let mut changed: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+        let mut action_ids = BTreeSet::new();
         for (k, &i) in events.iter().enumerate() {
             if dropped[k] {
                 self.summary.filtered += 1;
@@ -916,7 +928,21 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
                     book.restore_slot(slot, stored);
                 }
             }
-            match book.observe_deferred(&observed, &cfg) {
+            let change = book.observe_deferred(&observed, &cfg);
+            // The response policy acts on the alert an event counts into, with
+            // the event's recipients: committed with the alert, once per
+            // (alert, address) however often this event is seen.
+            if let (Some(policy), false) = (
+                &self.config.disable_user,
+                matches!(change, AlertChange::Unchanged { .. }),
+            ) {
+                for action in policy.actions(change.id(), kind, &body) {
+                    if action_ids.insert(action.id.clone()) {
+                        actions.push(action);
+                    }
+                }
+            }
+            match change {
                 AlertChange::Created { id, body } => {
                     self.summary.alerts_created += 1;
                     changed.insert(id, body);

@@ -46,6 +46,7 @@ pub const CONNECTOR_KEYS: &[&str] = &[
     "max_window_minutes",
     "siem_requests_per_day",
     "alerts",
+    "response",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +84,8 @@ pub struct Config {
     pub siem_requests_per_day: u32,
     /// Native alerts (`[connector.alerts]`).
     pub alerts: AlertSettings,
+    /// `[connector.response.disable_user]` when on.
+    pub disable_user: Option<crate::response::DisableUserPolicy>,
     /// How many log filters the host applies (`log_filters`); with none,
     /// nothing needs asking about them.
     pub log_filters: u64,
@@ -238,6 +241,17 @@ impl Config {
         v.check_quota(lookback_minutes, max_window_minutes, siem_requests_per_day);
         let limits = HostLimits::from_json(map.get("limits"));
         let alerts = v.alerts();
+        let disable_user = crate::response::DisableUserPolicy::from_json(
+            map.get("response"),
+            &v.connector,
+            &mut v.problems,
+        );
+        if disable_user.is_some() && !alerts.enabled {
+            v.problem(format!(
+                "`response.disable_user` in connector `{}` acts on native alerts, which `alerts.enabled = false` turns off: enable alerts or the response.",
+                v.connector
+            ));
+        }
 
         if !v.problems.is_empty() {
             return Err(v.problems);
@@ -257,6 +271,7 @@ impl Config {
             siem_requests_per_day,
             limits,
             alerts,
+            disable_user,
             log_filters: map.get("log_filters").and_then(Value::as_u64).unwrap_or(0),
         })
     }
@@ -531,6 +546,22 @@ pub fn schema() -> Value {
                     "merge_without_sender": {"type": "boolean", "default": false, "description": "merge events without a sender into one alert per type (default: each gets its own alert)"}
                 },
                 "additionalProperties": false
+            },
+            "response": {
+                "description": "Response actions, as the host validated [connector.response.disable_user]: when enabled, each alert of a type in `on` queues one disable-user action per recipient address, performed by the host against the [[ad]] target `ad`.",
+                "type": "object",
+                "properties": {
+                    "disable_user": {
+                        "type": "object",
+                        "properties": {
+                            "enabled": {"type": "boolean", "default": false},
+                            "ad": {"type": "string"},
+                            "on": {"type": "array", "items": {"enum": ["clickDelivered", "messageDelivered", "clickBlocked", "messageBlocked"]}, "default": ["clickDelivered", "messageDelivered"]},
+                            "duration_ms": {"type": ["integer", "null"], "description": "null: until re-enabled by hand"},
+                            "dry_run": {"type": "boolean", "default": false}
+                        }
+                    }
+                }
             }
         },
         "x-host-keys": HOST_KEYS,

@@ -33,6 +33,7 @@ pub mod normalise;
 pub mod parse;
 pub mod platform;
 pub mod record;
+pub mod response;
 pub mod scan;
 pub mod threats;
 pub mod windows;

@@ -37,10 +37,23 @@ pub struct Record {
     pub mode: WriteMode,
 }
 
-/// WIT `types.batch` (this connector queues no actions).
+/// WIT `types.action`: an outbox entry the host performs after the commit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Action {
+    pub id: String,
+    pub kind: String,
+    pub target: String,
+    pub reason: String,
+    /// A JSON object.
+    pub params: String,
+}
+
+/// WIT `types.batch`.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Batch {
     pub records: Vec<Record>,
+    /// Response actions queued with the records (see `response`).
+    pub actions: Vec<Action>,
     /// Set a key, or delete it with `None`.
     pub state: Vec<(String, Option<Vec<u8>>)>,
 }

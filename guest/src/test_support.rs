@@ -79,6 +79,10 @@ pub struct FakePlatform {
     /// Log filters, as the host applies them: bodies containing any of these
     /// strings are dropped.
     pub drop_containing: Vec<String>,
+    /// The outbox: action id -> action, as the host keeps one per id.
+    pub outbox: BTreeMap<String, crate::platform::Action>,
+    /// Actions queued by each commit (new ids only).
+    pub actions_queued: Vec<usize>,
 }
 
 impl FakePlatform {
@@ -99,6 +103,8 @@ impl FakePlatform {
             max_batch_records: 20_000,
             max_batch_bytes: 64 << 20,
             drop_containing: Vec::new(),
+            outbox: BTreeMap::new(),
+            actions_queued: Vec::new(),
         }
     }
 
@@ -159,7 +165,9 @@ impl Platform for FakePlatform {
             .iter()
             .map(|r| r.body.len() + r.id.len())
             .sum();
-        if batch.records.len() > self.max_batch_records || bytes > self.max_batch_bytes {
+        if batch.records.len() + batch.actions.len() > self.max_batch_records
+            || bytes > self.max_batch_bytes
+        {
             return Err(format!(
                 "the batch has {} records of {bytes} bytes: over the limits",
                 batch.records.len()
@@ -186,6 +194,14 @@ impl Platform for FakePlatform {
                 outcome.written += 1;
             }
         }
+        let mut queued = 0;
+        for a in &batch.actions {
+            if !self.outbox.contains_key(&a.id) {
+                self.outbox.insert(a.id.clone(), a.clone());
+                queued += 1;
+            }
+        }
+        self.actions_queued.push(queued);
         for (k, v) in &batch.state {
             match v {
                 Some(v) => self.state.insert(k.clone(), v.clone()),

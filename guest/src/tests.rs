@@ -1307,3 +1307,75 @@ fn events_dropped_by_log_filters_raise_no_alert() {
         "Proofpoint TAP messageDelivered"
     );
 }
+
+#[test]
+fn response_actions_ride_with_their_alert_once_per_recipient() {
+    let cfg = config(serde_json::json!({
+        "content_types": ["events"],
+        "response": {"disable_user": {"enabled": true, "ad": "corp", "on": ["clickDelivered"], "duration_ms": null, "dry_run": false}}
+    }));
+    let mut tap = FakeTap::new(NOW);
+    let t = NOW - Duration::minutes(5);
+    for n in 0..3 {
+        tap.add_event(EventType::ClickPermitted, t, n, "t");
+    }
+    // Not a trigger: no action for its recipient.
+    tap.add_event(EventType::MessageDelivered, t, 3, "t");
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::minutes(10));
+    run(&cfg, &mut tap, &mut platform).unwrap();
+    // One commit holds the events, the alerts and the actions.
+    assert_eq!(platform.commits.len(), 1);
+    assert_eq!(platform.actions_queued, vec![3]);
+    let click_alert = alerts_stored(&platform)
+        .into_iter()
+        .find(|a| a["xdr_event"]["name"] == "Proofpoint TAP clickDelivered")
+        .unwrap();
+    let mut targets: Vec<&str> = platform
+        .outbox
+        .values()
+        .map(|a| a.target.as_str())
+        .collect();
+    targets.sort();
+    assert_eq!(
+        targets,
+        vec![
+            "user0@example.com",
+            "user1@example.com",
+            "user2@example.com"
+        ]
+    );
+    for a in platform.outbox.values() {
+        assert_eq!(a.kind, "disable-user");
+        let params: Value = serde_json::from_str(&a.params).unwrap();
+        assert_eq!(params["alert_id"], click_alert["alert"]["id"]);
+        assert_eq!(params["ad"], "corp");
+        assert_eq!(
+            a.id,
+            crate::response::action_id(click_alert["alert"]["id"].as_str().unwrap(), &a.target)
+        );
+    }
+
+    // Re-collecting the window queues nothing new.
+    platform.now = NOW + Duration::minutes(5);
+    tap.now = NOW + Duration::minutes(5);
+    run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(platform.outbox.len(), 3);
+    assert!(platform.actions_queued[1..].iter().all(|n| *n == 0));
+}
+
+#[test]
+fn response_policy_problems_are_reported() {
+    let cfg = crate::config::Config::parse(
+        &serde_json::json!({
+            "name": "c", "tenant": "t", "host_url": "https://tap-api-v2.proofpoint.com",
+            "response": {"disable_user": {"enabled": true, "ad": "corp", "on": ["bogus"]}}
+        })
+        .to_string(),
+    );
+    let problems = cfg.unwrap_err();
+    assert!(
+        problems.iter().any(|p| p.contains("`bogus`")),
+        "{problems:?}"
+    );
+}

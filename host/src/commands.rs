@@ -37,7 +37,11 @@ pub async fn run(config_path: &Path, admin: Option<AdminOptions>) -> Result<Exit
             validate::report(&config, &problems)
         );
     }
+    // Response actions: performed as soon as the outbox has them (polled).
+    let worker = crate::response::worker::Worker::new(config.clone(), runtime.store.clone())?;
+    let worker = tokio::spawn(worker.run_forever(std::time::Duration::from_secs(5)));
     scheduler::run(config, runtime, admin).await?;
+    worker.abort();
     Ok(ExitCode::SUCCESS)
 }
 
@@ -80,6 +84,11 @@ pub async fn once(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
         reports.push(r?);
     }
     reports.sort_by_key(|(i, _)| *i);
+    crate::response::fault_point("after-collect");
+    // Then the response actions those runs queued (and any still due).
+    let worker =
+        crate::response::worker::Worker::new(Arc::new(config.clone()), runtime.store.clone())?;
+    let actions = worker.pass().await?;
     let mut failed = 0;
     let mut out = std::io::stdout().lock();
     for (_, r) in &reports {
@@ -87,6 +96,16 @@ pub async fn once(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
         if r.result.is_err() {
             failed += 1;
         }
+    }
+    if !actions.is_empty() {
+        writeln!(out, "response actions: {}", actions.describe())?;
+        for e in &actions.errors {
+            writeln!(out, "  problem: {e}")?;
+        }
+    }
+    if !actions.errors.is_empty() {
+        writeln!(out, "{} response action problem(s)", actions.errors.len())?;
+        return Ok(ExitCode::from(1));
     }
     if failed > 0 {
         writeln!(out, "{failed} of {} connector(s) failed", reports.len())?;

@@ -25,6 +25,8 @@ pub struct Config {
     pub connectors: Vec<ConnectorConfig>,
     /// `[[output]]`: where records are forwarded (see `crate::forward`).
     pub outputs: Vec<OutputConfig>,
+    /// `[[ad]]`: Active Directory targets of the response actions.
+    pub ad: Vec<crate::response::config::AdTarget>,
 }
 
 /// `[host]`: where the host keeps its data and finds its components.
@@ -187,6 +189,8 @@ pub struct ConnectorConfig {
     pub limits: Limits,
     /// Log filters: Syslog records matching any of them are not stored.
     pub filters: Vec<LogFilter>,
+    /// `[connector.response.disable_user]`, if configured.
+    pub response: Option<crate::response::config::DisableUserPolicy>,
     /// The configuration handed to the component as JSON (no secrets).
     pub component_config: serde_json::Map<String, serde_json::Value>,
 }
@@ -255,6 +259,7 @@ const HOST_KEYS: &[&str] = &[
     "secret_file",
     "limits",
     "filter",
+    "response",
 ];
 
 /// Keys that must never reach a component.
@@ -269,6 +274,8 @@ struct RawFile {
     connector: Vec<toml::Table>,
     #[serde(default)]
     output: Vec<toml::Table>,
+    #[serde(default)]
+    ad: Vec<toml::Value>,
 }
 
 impl HostConfig {
@@ -312,10 +319,28 @@ impl Config {
         }
         let mut connectors = Vec::new();
         let mut names = BTreeSet::new();
+        // AD targets are named even when a table has problems, so a policy
+        // naming it is not reported as naming nothing.
+        let ad_names: Vec<String> = raw
+            .ad
+            .iter()
+            .filter_map(|t| t.get("name")?.as_str().map(str::to_string))
+            .collect();
         for (i, table) in raw.connector.into_iter().enumerate() {
             let at = |key: &str| lines.at(&format!("connector.{i}.{key}"));
             match ConnectorConfig::from_table(table, &base, &at) {
                 Ok(c) => {
+                    if let Some(target) = c.response.as_ref().and_then(|p| p.ad.as_deref()) {
+                        if !ad_names.iter().any(|a| a == target) {
+                            let known: Vec<_> = ad_names.iter().map(String::as_str).collect();
+                            problems.push(format!(
+                                "{}connector `{}`: response.disable_user.ad = \"{target}\" names no [[ad]] table (configured: {})",
+                                at("response.disable_user.ad"),
+                                c.name,
+                                if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                            ));
+                        }
+                    }
                     if !names.insert(c.name.clone()) {
                         problems.push(format!(
                             "{}connector `{}` is defined twice: connector names must be unique",
@@ -332,7 +357,28 @@ impl Config {
                 }
             }
         }
-        let outputs = parse_outputs(raw.output, &base, &mut problems);
+        let outputs = parse_outputs(raw.output, &base, &lines, &mut problems);
+        let mut ad = Vec::new();
+        for (i, table) in raw.ad.into_iter().enumerate() {
+            match crate::response::config::AdTarget::from_toml(table, &base) {
+                Ok(t)
+                    if ad
+                        .iter()
+                        .any(|a: &crate::response::config::AdTarget| a.name == t.name) =>
+                {
+                    problems.push(format!(
+                        "{}[[ad]] `{}` is defined twice: AD target names must be unique",
+                        lines.at(&format!("ad.{i}.name")),
+                        t.name
+                    ))
+                }
+                Ok(t) => ad.push(t),
+                Err(errs) => problems
+                    .extend(errs.into_iter().map(|e| {
+                        format!("{}[[ad]] #{}: {e}", lines.at(&format!("ad.{i}")), i + 1)
+                    })),
+            }
+        }
         if !problems.is_empty() {
             bail!(
                 "{} has {} problem(s):\n  - {}",
@@ -347,6 +393,7 @@ impl Config {
             host,
             connectors,
             outputs,
+            ad,
         })
     }
 
@@ -541,6 +588,11 @@ impl ConnectorConfig {
         }
 
         let filters = parse_filters(table.get("filter"), &label, at, &mut problems);
+        let response = crate::response::config::DisableUserPolicy::from_toml(
+            table.get("response"),
+            &label,
+            &mut problems,
+        );
 
         if !problems.is_empty() {
             return Err(problems);
@@ -569,6 +621,9 @@ impl ConnectorConfig {
         // A component need not ask about filters (copying every batch across
         // the sandbox boundary) when there are none.
         component_config.insert("log_filters".into(), filters.len().into());
+        if let Some(policy) = &response {
+            component_config.insert("response".into(), policy.to_component_json());
+        }
         // The component sizes its commits and reads to fit what the host allows.
         component_config.insert(
             "limits".into(),
@@ -593,6 +648,7 @@ impl ConnectorConfig {
             secret,
             limits,
             filters,
+            response,
             component_config,
         })
     }
@@ -857,11 +913,12 @@ const FACILITIES: [&str; 24] = [
 fn parse_outputs(
     tables: Vec<toml::Table>,
     base: &Path,
+    lines: &KeyLines,
     problems: &mut Vec<String>,
 ) -> Vec<OutputConfig> {
     let mut outputs: Vec<OutputConfig> = Vec::new();
     for (i, table) in tables.into_iter().enumerate() {
-        let at = format!("[[output]] #{}", i + 1);
+        let at = format!("{}[[output]] #{}", lines.at(&format!("output.{i}")), i + 1);
         let raw: RawOutput = match toml::Value::Table(table).try_into() {
             Ok(r) => r,
             Err(e) => {

@@ -8,6 +8,8 @@
 //! - `scheduler`: `dphost run`;
 //! - `search`: the query language of `dphost search`;
 //! - `forward`: `[[output]]`s shipping the Syslog and Alerts indexes to a SIEM;
+//! - `response`: response actions (disable a user in Active Directory) from
+//!   the outbox, with their audit trail;
 //! - `commands`: the CLI's subcommands.
 
 pub mod admin;
@@ -19,6 +21,7 @@ pub mod config;
 pub mod config_lines;
 pub mod forward;
 pub mod metrics;
+pub mod response;
 pub mod runtime;
 pub mod scheduler;
 pub mod search;

@@ -83,7 +83,7 @@ enum Command {
     /// 'email.sender.address:"x@example.com"'.
     Search {
         /// The index to search.
-        #[arg(long, default_value = "syslog", value_parser = ["syslog", "alerts", "quarantine"])]
+        #[arg(long, default_value = "syslog", value_parser = ["syslog", "alerts", "quarantine", "actions"])]
         index: String,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Ndjson)]

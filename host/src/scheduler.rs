@@ -181,6 +181,11 @@ pub fn check_reload(old: &Config, new: &Config, max_memory_mib: u64) -> Result<(
             "[host] settings cannot change while dphost runs: restart it to apply them".to_string(),
         );
     }
+    if old.ad != new.ad {
+        problems.push(
+            "[[ad]] targets cannot change while dphost runs (the response worker holds them): restart it to apply them".to_string(),
+        );
+    }
     if old.outputs != new.outputs {
         problems.push(
             "[[output]] tables cannot change while dphost runs: restart it to apply them"

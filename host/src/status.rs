@@ -8,6 +8,7 @@
 
 use crate::config::{Config, ConnectorConfig};
 use crate::forward::OutputStatus;
+use crate::response::outbox::ConnectorActions;
 use crate::store::{Index, RunRecord, Store};
 use anyhow::Result;
 use serde::Serialize;
@@ -40,6 +41,9 @@ pub struct ConnectorStatus {
     /// When `dphost run` next starts it (as last scheduled).
     pub next_run: Option<String>,
     pub interval_min: u64,
+    /// Response actions (e.g. disable user): counts by outcome and the
+    /// latest audit record.
+    pub actions: ConnectorActions,
     /// Only known to a running host (admin API): a run is executing now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub running: Option<bool>,
@@ -127,6 +131,7 @@ pub fn one(c: &ConnectorConfig, store: &Store, now_ms: i64) -> Result<ConnectorS
             None
         },
         interval_min: c.interval_min,
+        actions: crate::response::outbox::summary(store, &c.name)?,
         running: None,
     })
 }
@@ -189,6 +194,32 @@ pub fn table(rows: &[ConnectorStatus]) -> String {
         if let Some(e) = &r.last_error {
             out.push_str(&format!("  last error: {e}\n"));
         }
+        out.push_str(&actions_lines(&r.actions));
+    }
+    out
+}
+
+/// "response actions: 2 done, 1 skipped-protected" and the latest audit line.
+fn actions_lines(a: &ConnectorActions) -> String {
+    if a.by_outcome.is_empty() {
+        return String::new();
+    }
+    let counts: Vec<String> = a
+        .by_outcome
+        .iter()
+        .map(|(k, v)| format!("{v} {k}"))
+        .collect();
+    let mut out = format!("  response actions: {}\n", counts.join(", "));
+    if let Some(last) = &a.last {
+        out.push_str(&format!(
+            "  last action: {} {} at {}: {}\n",
+            last["event_type"].as_str().unwrap_or("-"),
+            last["email"]["recipient"]["address"]
+                .as_str()
+                .unwrap_or("-"),
+            last["timestamp"].as_i64().map(fmt_ms).unwrap_or_default(),
+            last["message"].as_str().unwrap_or(""),
+        ));
     }
     out
 }

@@ -18,16 +18,24 @@ pub enum Index {
     Syslog,
     Alerts,
     Quarantine,
+    /// The audit trail of response actions, written by the host only.
+    Actions,
 }
 
 impl Index {
-    pub const ALL: [Index; 3] = [Index::Syslog, Index::Alerts, Index::Quarantine];
+    pub const ALL: [Index; 4] = [
+        Index::Syslog,
+        Index::Alerts,
+        Index::Quarantine,
+        Index::Actions,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Index::Syslog => "syslog",
             Index::Alerts => "alerts",
             Index::Quarantine => "quarantine",
+            Index::Actions => "actions",
         }
     }
 
@@ -35,7 +43,9 @@ impl Index {
         Index::ALL
             .into_iter()
             .find(|i| i.as_str() == s)
-            .with_context(|| format!("unknown index `{s}`: use syslog, alerts or quarantine"))
+            .with_context(|| {
+                format!("unknown index `{s}`: use syslog, alerts, quarantine or actions")
+            })
     }
 }
 
@@ -242,20 +252,24 @@ impl Store {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
         let path = data_dir.join("dphost.db");
-        let writer = open_connection(&path)?;
-        let version: i64 = writer.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let mut writer = open_connection(&path)?;
+        // Several processes open the store at once (`dphost run` beside
+        // `dphost search`): schema checks and migrations happen inside one
+        // IMMEDIATE transaction, so exactly one of them migrates.
+        let tx = writer.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             bail!(
                 "{} was written by a newer dphost (schema {version}, this build knows {SCHEMA_VERSION}): upgrade dphost",
                 path.display()
             );
         }
-        writer
-            .execute_batch(SCHEMA)
+        tx.execute_batch(SCHEMA)
             .with_context(|| format!("cannot create the schema in {}", path.display()))?;
-        migrate_forwarding(&writer)
+        migrate_forwarding(&tx)
             .with_context(|| format!("cannot add the forwarding schema to {}", path.display()))?;
-        writer.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
         let reader = open_connection(&path)?;
         Ok(Store {
             writer: Mutex::new(writer),
@@ -358,6 +372,22 @@ impl Store {
         }
         tx.commit().context("committing the batch")?;
         Ok(outcome)
+    }
+
+    /// Runs `f` in an immediate transaction on the writer, for modules that
+    /// keep their own tables in this store (`response`).
+    pub fn write_tx<T>(&self, f: impl FnOnce(&rusqlite::Transaction) -> Result<T>) -> Result<T> {
+        let mut conn = self.writer.lock().expect("store writer poisoned");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit().context("committing to the store")?;
+        Ok(out)
+    }
+
+    /// Runs `f` on the reader connection.
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.reader.lock().expect("store reader poisoned");
+        f(&conn)
     }
 
     /// For each id, whether it is stored in `index` for `connector`.
@@ -631,11 +661,10 @@ fn migrate_forwarding(conn: &Connection) -> Result<()> {
         .prepare("SELECT 1 FROM pragma_table_info('records') WHERE name = 'change_seq'")?
         .exists([])?;
     if !has_column {
+        // The caller holds an IMMEDIATE transaction: no other process adds it.
         conn.execute_batch(
-            "BEGIN IMMEDIATE;
-             ALTER TABLE records ADD COLUMN change_seq INTEGER;
-             UPDATE records SET change_seq = seq;
-             COMMIT;",
+            "ALTER TABLE records ADD COLUMN change_seq INTEGER;
+             UPDATE records SET change_seq = seq;",
         )?;
     }
     conn.execute_batch(

@@ -359,7 +359,7 @@ impl Runtime {
     }
 
     /// Calls one export of `connector`'s component in a fresh sandbox and
-    /// records the call in the run history (except `describe`).
+    /// records the call in the run history (collections and connection tests).
     pub async fn call(&self, connector: &ConnectorConfig, operation: Operation) -> CallReport {
         self.call_observed(connector, operation, None).await
     }
@@ -393,7 +393,9 @@ impl Runtime {
             .call_inner(connector, operation, observer, &mut report)
             .await;
         report.elapsed = started.elapsed();
-        if operation != Operation::Describe {
+        // Describing and validating are not runs: the history (and status)
+        // keep collections and connection tests.
+        if !matches!(operation, Operation::Describe | Operation::ValidateConfig) {
             let (summary, error) = match &report.result {
                 Ok(s) => (Some(s.clone()), None),
                 Err(f) => (None, Some(f.to_string())),

@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# A throwaway Samba AD domain controller for the response-action tests.
+#
+#   tests/ad/samba-dc.sh start DIR   provision CORP.TEST in DIR, start it on
+#                                    127.0.0.1 (LDAP 389 with StartTLS, LDAPS
+#                                    636), create the test users; prints
+#                                    nothing on success, writes DIR/env
+#   tests/ad/samba-dc.sh start DIR PID   the same, and stop it by itself
+#                                    once process PID (the tests) has ended
+#   tests/ad/samba-dc.sh stop DIR    stop it and delete DIR
+#
+# Installs samba-ad-dc, samba-ad-provision, ldap-utils and openssl if they are
+# missing (apt-get, as root). Everything lives in DIR: its own CA and a server
+# certificate with a SAN (127.0.0.1, localhost, dc1.corp.test), smb.conf,
+# the databases, the log and the pid file. Only the LDAP service runs, bound
+# to loopback. A failed start stops what it started and deletes DIR.
+set -euo pipefail
+
+cmd=${1:-}
+dir=${2:-}
+owner=${3:-}
+if [[ -z "$cmd" || -z "$dir" ]]; then
+  echo "usage: $0 start|stop DIR" >&2
+  exit 2
+fi
+
+ADMIN_PASS='Adm1n-Pass.x9'
+USER_PASS='Us3r-Pass.x9'
+SVC_PASS='Svc-Pass.x9z'
+REALM=CORP.TEST
+BASE_DN='DC=corp,DC=test'
+
+stop() {
+  local d=$1
+  if [[ -f "$d/samba.pid" ]]; then
+    local pid
+    pid=$(cat "$d/samba.pid")
+    if kill -0 "$pid" 2>/dev/null; then
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      # samba's own children are in its process group.
+      kill -9 -- "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true
+    fi
+  fi
+  rm -rf "$d"
+}
+
+if [[ "$cmd" == stop ]]; then
+  stop "$dir"
+  exit 0
+fi
+[[ "$cmd" == start ]] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+
+need=()
+command -v samba >/dev/null || need+=(samba-ad-dc samba-ad-provision)
+command -v samba-tool >/dev/null || need+=(samba-ad-provision)
+command -v ldapsearch >/dev/null || need+=(ldap-utils)
+command -v openssl >/dev/null || need+=(openssl)
+command -v setsid >/dev/null || need+=(util-linux)
+if ((${#need[@]})); then
+  if [[ $(id -u) != 0 ]]; then
+    echo "samba-dc.sh: missing ${need[*]}: run as root (apt-get install) or install them" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+trap 'rc=$?; if ((rc)); then echo "samba-dc.sh: start failed (rc $rc); log: $(tail -n 20 "$dir/samba.log" 2>/dev/null)" >&2; stop "$dir"; fi' EXIT
+log="$dir/setup.log"
+
+# Provision: everything under DIR, nothing under /etc.
+samba-tool domain provision --use-rfc2307 --realm=$REALM --domain=CORP \
+  --adminpass="$ADMIN_PASS" --server-role=dc --dns-backend=SAMBA_INTERNAL \
+  --host-ip=127.0.0.1 --host-name=dc1 --targetdir="$dir" >>"$log" 2>&1 \
+  || { echo "samba-tool domain provision failed:" >&2; tail -n 20 "$log" >&2; exit 1; }
+
+# Our own CA and a server certificate with a SAN (Samba's self-made one has
+# none, which rustls rejects).
+tls="$dir/tls"
+mkdir -p "$tls"
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=dphost test CA" \
+  -keyout "$tls/ca.key" -out "$tls/ca.pem" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" >>"$log" 2>&1
+openssl req -newkey rsa:2048 -nodes -subj "/CN=dc1.corp.test" \
+  -keyout "$tls/key.pem" -out "$tls/server.csr" >>"$log" 2>&1
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:dc1.corp.test\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' >"$tls/ext.cnf"
+openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+  -days 2 -extfile "$tls/ext.cnf" -out "$tls/cert.pem" >>"$log" 2>&1
+chmod 600 "$tls/key.pem"
+
+# Only LDAP, only loopback, logs and pid in DIR; no DNS forwarder (the
+# provisioned one points off this machine).
+conf="$dir/etc/smb.conf"
+sed -i '/dns forwarder/d; /^\s*log file/d' "$conf"
+sed -i "/^\[global\]/a\\
+\\tinterfaces = 127.0.0.1\\
+\\tbind interfaces only = yes\\
+\\tserver services = ldap\\
+\\tpid directory = $dir\\
+\\tlog file = $dir/samba.log\\
+\\ttls enabled = yes\\
+\\ttls keyfile = $tls/key.pem\\
+\\ttls certfile = $tls/cert.pem\\
+\\ttls cafile = $tls/ca.pem" "$conf"
+
+# Users, written offline into the database before the server starts.
+H=(-H "$dir/private/sam.ldb" --configfile="$conf")
+user() { samba-tool user create "$@" "${H[@]}" >>"$log" 2>&1; }
+user svc-dphost "$SVC_PASS"
+for u in alice carol dan henry ivan erin dave frank grace kim lena; do
+  user "$u" "$USER_PASS" --mail-address="$u.mail@corp.test"
+done
+# bob has only a UPN (bob@corp.test), no mail.
+user bob "$USER_PASS"
+# alice also has DONT_EXPIRE_PASSWORD (0x10000): other bits must survive.
+samba-tool user setexpiry alice --noexpiry "${H[@]}" >>"$log" 2>&1
+# dave is in Domain Admins; erin through a nested group; grace through a
+# protected group; frank is protected by name.
+samba-tool group addmembers "Domain Admins" dave "${H[@]}" >>"$log" 2>&1
+samba-tool group add "IT Ops" "${H[@]}" >>"$log" 2>&1
+samba-tool group addmembers "IT Ops" erin "${H[@]}" >>"$log" 2>&1
+samba-tool group addmembers "Domain Admins" "IT Ops" "${H[@]}" >>"$log" 2>&1
+samba-tool group add "VIP" "${H[@]}" >>"$log" 2>&1
+samba-tool group addmembers "VIP" grace "${H[@]}" >>"$log" 2>&1
+# The service account may write userAccountControl of users (Account
+# Operators can; in production delegate it on the users' OU instead).
+samba-tool group addmembers "Account Operators" svc-dphost "${H[@]}" >>"$log" 2>&1
+
+if ss -ltn 2>/dev/null | grep -qE '127\.0\.0\.1:(389|636)\b'; then
+  echo "127.0.0.1:389 or :636 is already in use (another test DC still running?): stop it first" >&2
+  exit 1
+fi
+setsid samba -i -M single -s "$conf" </dev/null >>"$dir/samba.log" 2>&1 &
+echo $! >"$dir/samba.pid"
+if [[ -n "$owner" ]]; then
+  # Stops the DC when the tests end, however they end.
+  setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" stop "$3"' \
+    watcher "$owner" "$(realpath "$0")" "$dir" </dev/null >/dev/null 2>&1 &
+fi
+
+ready=0
+for _ in $(seq 1 300); do
+  if LDAPTLS_CACERT="$tls/ca.pem" ldapsearch -x -H ldaps://127.0.0.1:636 \
+      -D "Administrator@corp.test" -w "$ADMIN_PASS" -b "$BASE_DN" -s base dn >/dev/null 2>&1; then
+    ready=1
+    break
+  fi
+  kill -0 "$(cat "$dir/samba.pid")" 2>/dev/null || break
+  sleep 0.2
+done
+if ((!ready)); then
+  echo "samba did not answer LDAPS on 127.0.0.1:636" >&2
+  exit 1
+fi
+
+# carol is also reachable by a proxy address (set over LDAPS, as an operator would).
+LDAPTLS_CACERT="$tls/ca.pem" ldapmodify -x -H ldaps://127.0.0.1:636 \
+  -D "Administrator@corp.test" -w "$ADMIN_PASS" >>"$log" 2>&1 <<LDIF
+dn: CN=carol,CN=Users,$BASE_DN
+changetype: modify
+add: proxyAddresses
+proxyAddresses: SMTP:carol.mail@corp.test
+proxyAddresses: smtp:carol.alias@corp.test
+LDIF
+
+cat >"$dir/env" <<ENV
+AD_BASE_DN=$BASE_DN
+AD_CA_FILE=$tls/ca.pem
+AD_ADMIN_DN=Administrator@corp.test
+AD_ADMIN_PASSWORD=$ADMIN_PASS
+AD_BIND_DN=svc-dphost@corp.test
+AD_BIND_PASSWORD=$SVC_PASS
+AD_LDAPS_URL=ldaps://127.0.0.1:636
+AD_LDAP_URL=ldap://127.0.0.1:389
+ENV

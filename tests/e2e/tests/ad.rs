@@ -1,0 +1,599 @@
+//! Disable User response action against a real Active Directory: a
+//! throwaway Samba AD DC (`tests/ad/samba-dc.sh`, provisioned once for this
+//! test binary and shared by its tests, each acting on its own users),
+//! tap-sim serving chosen click events, and `dphost once` collecting them,
+//! alerting, and performing the queued actions. No LDAP mocks.
+//!
+//! The DC's users (see the script): alice (mail, DONT_EXPIRE_PASSWORD),
+//! bob (UPN only), carol (proxyAddresses alias), dan, henry, ivan, kim,
+//! dave (Domain Admins), erin (Domain Admins through a nested group),
+//! frank, grace (group VIP), lena, svc-dphost (the bind account).
+
+use anyhow::{bail, Context, Result};
+use e2e::*;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+struct Dc {
+    env: BTreeMap<String, String>,
+}
+
+static DC: OnceLock<std::result::Result<Dc, String>> = OnceLock::new();
+
+/// The shared DC, started by the first test that needs it; it stops by
+/// itself (and deletes its folder) when this test process ends.
+fn dc() -> &'static Dc {
+    let dc = DC.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("dphost-ad-{}", std::process::id()));
+        let out = Command::new("bash")
+            .arg(root().join("tests/ad/samba-dc.sh"))
+            .arg("start")
+            .arg(&dir)
+            .arg(std::process::id().to_string())
+            .output()
+            .map_err(|e| format!("cannot run samba-dc.sh: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "samba-dc.sh start failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let text = std::fs::read_to_string(dir.join("env")).map_err(|e| e.to_string())?;
+        let env = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Ok(Dc { env })
+    });
+    match dc {
+        Ok(dc) => dc,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+impl Dc {
+    fn get(&self, key: &str) -> &str {
+        &self.env[key]
+    }
+
+    /// `ldapsearch` as the domain administrator: one attribute of a user.
+    fn attr(&self, sam: &str, attr: &str) -> Result<String> {
+        let out = Command::new("ldapsearch")
+            .env("LDAPTLS_CACERT", self.get("AD_CA_FILE"))
+            .args(["-x", "-LLL", "-o", "ldif-wrap=no", "-H"])
+            .arg(self.get("AD_LDAPS_URL"))
+            .args([
+                "-D",
+                self.get("AD_ADMIN_DN"),
+                "-w",
+                self.get("AD_ADMIN_PASSWORD"),
+            ])
+            .args(["-b", self.get("AD_BASE_DN")])
+            .arg(format!("(sAMAccountName={sam})"))
+            .arg(attr)
+            .output()?;
+        if !out.status.success() {
+            bail!("ldapsearch: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8(out.stdout)?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{attr}: ")))
+            .map(str::to_string)
+            .with_context(|| format!("{sam} has no {attr}: {text}"))
+    }
+
+    fn uac(&self, sam: &str) -> i64 {
+        self.attr(sam, "userAccountControl")
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// Bumped by the DC on every write to the account.
+    fn usn(&self, sam: &str) -> i64 {
+        self.attr(sam, "uSNChanged").unwrap().parse().unwrap()
+    }
+
+    /// Sets userAccountControl as the administrator (test setup only).
+    fn set_uac(&self, sam: &str, value: i64) -> Result<()> {
+        let ldif = format!(
+            "dn: CN={sam},CN=Users,{}\nchangetype: modify\nreplace: userAccountControl\nuserAccountControl: {value}\n",
+            self.get("AD_BASE_DN")
+        );
+        let mut child = Command::new("ldapmodify")
+            .env("LDAPTLS_CACERT", self.get("AD_CA_FILE"))
+            .args(["-x", "-H"])
+            .arg(self.get("AD_LDAPS_URL"))
+            .args([
+                "-D",
+                self.get("AD_ADMIN_DN"),
+                "-w",
+                self.get("AD_ADMIN_PASSWORD"),
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(ldif.as_bytes())?;
+        if !child.wait()?.success() {
+            bail!("ldapmodify failed");
+        }
+        Ok(())
+    }
+}
+
+/// Click events (one per recipient) from one sender: one alert.
+fn write_clicks(dir: &Path, sender: &str, recipients: &[&str]) -> Result<PathBuf> {
+    let path = dir.join("clicks.ndjson");
+    let lines: Vec<String> = recipients
+        .iter()
+        .enumerate()
+        .map(|(n, r)| {
+            json!({
+                "GUID": format!("guid-{sender}-{n}"),
+                "id": format!("click-{sender}-{n}"),
+                "campaignId": "campaign-1",
+                "classification": "phish",
+                "clickIP": "192.0.2.10",
+                "clickTime": "2026-01-01T10:00:00.000Z",
+                "threatTime": "2026-01-01T10:00:00.000Z",
+                "recipient": r,
+                "sender": sender,
+                "senderIP": "192.0.2.20",
+                "threatID": format!("threat-{sender}"),
+                "threatStatus": "active",
+                "threatURL": "https://threatinsight.proofpoint.com/x",
+                "url": "https://bad.example.net/login",
+                "userAgent": "Mozilla/5.0",
+                "messageID": format!("<{n}@bad.example.net>"),
+            })
+            .to_string()
+        })
+        .collect();
+    std::fs::write(&path, lines.join("\n") + "\n")?;
+    Ok(path)
+}
+
+struct Setup {
+    ws: Workspace,
+    _sim: Sim,
+}
+
+/// A workspace whose TAP connector collects `recipients`' clicks from tap-sim
+/// and whose response policy targets the test DC.
+fn setup(
+    sender: &str,
+    recipients: &[&str],
+    ad_extra: &str,
+    policy_extra: &str,
+    clock: Option<&SimClock>,
+) -> Result<Setup> {
+    let dc = dc();
+    let ws = Workspace::new()?;
+    let events = write_clicks(ws.dir.path(), sender, recipients)?;
+    let mut args: Vec<String> = vec![
+        "--events".into(),
+        events.display().to_string(),
+        "--events-type".into(),
+        "clicksPermitted".into(),
+        "--retime".into(),
+        "--max-lag-min".into(),
+        "0".into(),
+    ];
+    if let Some(c) = clock {
+        args.extend(["--clock-file".into(), c.path().display().to_string()]);
+    }
+    let sim = Sim::start(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    std::fs::write(
+        ws.dir.path().join("ad-password"),
+        dc.get("AD_BIND_PASSWORD"),
+    )?;
+    let host_extra = clock
+        .map(|c| format!("clock_file = \"{}\"\n", c.path().display()))
+        .unwrap_or_default();
+    let ad = format!(
+        "[[ad]]\nname = \"corp\"\nbind_dn = \"{}\"\npassword_file = \"ad-password\"\nbase_dn = \"{}\"\nca_file = \"{}\"\n{ad_extra}\n",
+        dc.get("AD_BIND_DN"),
+        dc.get("AD_BASE_DN"),
+        dc.get("AD_CA_FILE"),
+    );
+    let connector = tap_connector(
+        "acme-tap",
+        "acme",
+        &sim,
+        &format!(
+            "initial_lookback_hours = 1\n[connector.response.disable_user]\nenabled = true\nad = \"corp\"\non = [\"clickDelivered\"]\n{policy_extra}\n"
+        ),
+    );
+    std::fs::write(
+        ws.config_path(),
+        format!(
+            "[host]\ndata_dir = \"data\"\ncomponents_dir = \"components\"\n{host_extra}\n{ad}\n{connector}"
+        ),
+    )?;
+    Ok(Setup { ws, _sim: sim })
+}
+
+const LDAPS: &str = "url = \"ldaps://127.0.0.1:636\"";
+const STARTTLS: &str = "url = \"ldap://127.0.0.1:389\"\nstarttls = true";
+
+/// Audit records of the Actions index matching `query`.
+fn audit(ws: &Workspace, query: &str) -> Vec<Value> {
+    ws.search("actions", query).unwrap()
+}
+
+fn targets(records: &[Value]) -> Vec<String> {
+    let mut t: Vec<String> = records
+        .iter()
+        .map(|r| r["action"]["target"].as_str().unwrap().to_string())
+        .collect();
+    t.sort();
+    t
+}
+
+fn once(ws: &Workspace, fault: Option<&str>) -> Result<std::process::Output> {
+    let mut cmd = Command::new(dphost_bin());
+    cmd.arg("once").arg("--config").arg(ws.config_path());
+    cmd.env_remove("RUST_LOG");
+    if let Some(f) = fault {
+        cmd.env("DPHOST_TEST_FAULT", f);
+    }
+    Ok(cmd.output()?)
+}
+
+#[test]
+fn a_click_for_two_recipients_disables_both_over_ldaps() -> Result<()> {
+    let dc = dc();
+    let (alice_before, bob_before) = (dc.uac("alice"), dc.uac("bob"));
+    assert_eq!(
+        alice_before, 0x10200,
+        "alice: NORMAL_ACCOUNT | DONT_EXPIRE_PASSWORD"
+    );
+    assert_eq!(bob_before, 0x200);
+    // alice by mail, bob by his UPN alone.
+    let s = setup(
+        "evil@bad.example.net",
+        &["alice.mail@corp.test", "bob@corp.test"],
+        LDAPS,
+        "",
+        None,
+    )?;
+    let out = once(&s.ws, None)?;
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("response actions: 2 done, 2 requested"),
+        "{stdout}"
+    );
+
+    let alerts = s.ws.search("alerts", "*")?;
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0]["alert"]["type"], "Proofpoint TAP clickDelivered");
+    // The disable bit is set and every other bit is as it was.
+    assert_eq!(dc.uac("alice"), alice_before | 2);
+    assert_eq!(dc.uac("bob"), bob_before | 2);
+
+    let done = audit(&s.ws, "event_type:done");
+    assert_eq!(
+        targets(&done),
+        vec!["alice.mail@corp.test", "bob@corp.test"]
+    );
+    for d in &done {
+        assert_eq!(d["alert"]["id"], alerts[0]["alert"]["id"]);
+        assert_eq!(d["action"]["kind"], "disable-user");
+        assert_eq!(d["tenant_name"], "acme");
+    }
+    let alice = done.iter().find(|d| d["user"]["name"] == "alice").unwrap();
+    assert_eq!(alice["user"]["user_account_control"]["before"], 0x10200);
+    assert_eq!(alice["user"]["user_account_control"]["after"], 0x10202);
+    assert_eq!(audit(&s.ws, "event_type:requested").len(), 2);
+
+    // Status counts the outcomes and shows the last one.
+    let out = s.ws.dphost(&["status", "--format", "json"])?;
+    let status: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        status["connectors"][0]["actions"]["by_outcome"]["done"], 2,
+        "{status}"
+    );
+    let out = s.ws.dphost(&["status"])?;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("response actions: 2 done"),
+        "{}",
+        text(&out)
+    );
+    Ok(())
+}
+
+#[test]
+fn repeated_collection_crashes_and_restarts_disable_nobody_twice_over_starttls() -> Result<()> {
+    let dc = dc();
+    // carol through a proxyAddresses alias, dan by mail.
+    let s = setup(
+        "crash@bad.example.net",
+        &["carol.alias@corp.test", "dan.mail@corp.test"],
+        STARTTLS,
+        "",
+        None,
+    )?;
+    // A crash right after the commit: actions queued, none performed.
+    let out = once(&s.ws, Some("after-collect"))?;
+    assert!(!out.status.success(), "{}", text(&out));
+    assert_eq!(s.ws.search("alerts", "*")?.len(), 1);
+    assert_eq!(dc.uac("carol"), 0x200);
+    assert_eq!(dc.uac("dan"), 0x200);
+    assert!(audit(&s.ws, "*").is_empty(), "nothing performed yet");
+
+    // Collected again and crashed right after writing the first account,
+    // before recording it.
+    let out = once(&s.ws, Some("after-modify"))?;
+    assert!(!out.status.success(), "{}", text(&out));
+    let written: Vec<&str> = ["carol", "dan"]
+        .into_iter()
+        .filter(|u| dc.uac(u) & 2 != 0)
+        .collect();
+    assert_eq!(written.len(), 1, "one write went out before the crash");
+    assert!(audit(&s.ws, "event_type:done").is_empty());
+
+    // The restart finishes both; the interrupted write is recognised as ours.
+    let out = once(&s.ws, None)?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(dc.uac("carol"), 0x202);
+    assert_eq!(dc.uac("dan"), 0x202);
+    let usn = (dc.usn("carol"), dc.usn("dan"));
+
+    // More collection and restarts: no write, no new action.
+    for _ in 0..2 {
+        let out = once(&s.ws, None)?;
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("response actions"));
+    }
+    assert_eq!(
+        (dc.usn("carol"), dc.usn("dan")),
+        usn,
+        "nobody written twice"
+    );
+    let done = audit(&s.ws, "event_type:done");
+    assert_eq!(
+        targets(&done),
+        vec!["carol.alias@corp.test", "dan.mail@corp.test"]
+    );
+    assert!(audit(&s.ws, "event_type:already-disabled").is_empty());
+    assert_eq!(audit(&s.ws, "event_type:requested").len(), 2);
+    Ok(())
+}
+
+#[test]
+fn guardrails_skip_admins_and_protected_accounts_and_unknown_addresses_are_not_found() -> Result<()>
+{
+    let dc = dc();
+    let injection = "x*)(mail=*";
+    let recipients = [
+        "dave.mail@corp.test",  // Domain Admins
+        "erin.mail@corp.test",  // Domain Admins through IT Ops
+        "frank.mail@corp.test", // protected by name
+        "grace.mail@corp.test", // protected group VIP
+        "svc-dphost@corp.test", // the bind account
+        "nobody@corp.test",
+        injection,
+        "*",
+    ];
+    let s = setup(
+        "guard@bad.example.net",
+        &recipients,
+        &format!("{LDAPS}\nprotected = [\"frank.mail@corp.test\", \"VIP\"]"),
+        "",
+        None,
+    )?;
+    let usns: Vec<i64> = ["dave", "erin", "frank", "grace", "svc-dphost", "kim"]
+        .iter()
+        .map(|u| dc.usn(u))
+        .collect();
+    let out = once(&s.ws, None)?;
+    assert!(out.status.success(), "{}", text(&out));
+
+    let skipped = audit(&s.ws, "event_type:skipped-protected");
+    let why: BTreeMap<String, String> = skipped
+        .iter()
+        .map(|r| {
+            (
+                r["user"]["name"].as_str().unwrap().to_string(),
+                r["message"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        why.keys().collect::<Vec<_>>(),
+        vec!["dave", "erin", "frank", "grace", "svc-dphost"],
+        "{why:#?}"
+    );
+    assert!(why["dave"].contains("Domain Admins"), "{}", why["dave"]);
+    assert!(why["erin"].contains("Domain Admins"), "{}", why["erin"]);
+    assert!(why["frank"].contains("protected list"), "{}", why["frank"]);
+    assert!(
+        why["grace"].contains("protected group `VIP`"),
+        "{}",
+        why["grace"]
+    );
+    assert!(
+        why["svc-dphost"].contains("bind account"),
+        "{}",
+        why["svc-dphost"]
+    );
+
+    let not_found = audit(&s.ws, "event_type:not-found");
+    assert_eq!(
+        targets(&not_found),
+        vec!["*", "nobody@corp.test", injection],
+        "the injection and the wildcard find nobody"
+    );
+    // Nobody was written to (kim stands for every other account).
+    let after: Vec<i64> = ["dave", "erin", "frank", "grace", "svc-dphost", "kim"]
+        .iter()
+        .map(|u| dc.usn(u))
+        .collect();
+    assert_eq!(after, usns);
+    assert!(audit(&s.ws, "event_type:done").is_empty());
+    Ok(())
+}
+
+#[test]
+fn plain_ldap_is_refused_and_a_wrong_password_is_explained() -> Result<()> {
+    let dc = dc();
+    // Plain LDAP without StartTLS: the configuration is refused.
+    let s = setup(
+        "plain@bad.example.net",
+        &["kim.mail@corp.test"],
+        "url = \"ldap://127.0.0.1:389\"",
+        "",
+        None,
+    )?;
+    let out = s.ws.dphost(&["check"])?;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is plain LDAP: dphost refuses to send the bind password unencrypted"),
+        "{err}"
+    );
+
+    // A wrong bind password: the action waits, explained (49 / data 52e).
+    let s = setup(
+        "badpw@bad.example.net",
+        &["kim.mail@corp.test"],
+        LDAPS,
+        "",
+        None,
+    )?;
+    std::fs::write(s.ws.dir.path().join("ad-password"), "not-the-password")?;
+    let out = once(&s.ws, None)?;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("bind failed: the bind password is wrong (data 52e)"),
+        "{stdout}"
+    );
+    let failed = audit(&s.ws, "event_type:failed");
+    assert_eq!(failed.len(), 1);
+    assert!(failed[0]["message"].as_str().unwrap().contains("data 52e"));
+    assert!(failed[0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("retrying in"));
+    assert_eq!(dc.uac("kim"), 0x200);
+    let out = s.ws.dphost(&["status", "--format", "json"])?;
+    let status: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(
+        status["connectors"][0]["actions"]["by_outcome"]["retrying"], 1,
+        "{status}"
+    );
+    Ok(())
+}
+
+#[test]
+fn dry_run_records_what_would_be_done() -> Result<()> {
+    let dc = dc();
+    let s = setup(
+        "dry@bad.example.net",
+        &["kim.mail@corp.test"],
+        STARTTLS,
+        "dry_run = true",
+        None,
+    )?;
+    let usn = dc.usn("kim");
+    let out = once(&s.ws, None)?;
+    assert!(out.status.success(), "{}", text(&out));
+    let dry = audit(&s.ws, "event_type:dry-run");
+    assert_eq!(dry.len(), 1);
+    assert!(
+        dry[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("would disable"),
+        "{dry:?}"
+    );
+    assert_eq!(dry[0]["user"]["user_account_control"]["after"], 0x202);
+    assert_eq!(dc.usn("kim"), usn, "a dry run writes nothing");
+    Ok(())
+}
+
+#[test]
+fn a_limited_duration_reenables_only_what_it_disabled() -> Result<()> {
+    let dc = dc();
+    let dir = tempfile::tempdir()?;
+    let mut clock = SimClock::new(dir.path(), time::OffsetDateTime::now_utc())?;
+    // ivan was disabled by someone else before: not ours to re-enable.
+    dc.set_uac("ivan", 0x202)?;
+    let s = setup(
+        "timed@bad.example.net",
+        &["henry.mail@corp.test", "ivan.mail@corp.test"],
+        STARTTLS,
+        "duration = \"4h\"",
+        Some(&clock),
+    )?;
+    let out = once(&s.ws, None)?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(dc.uac("henry"), 0x202);
+    assert_eq!(
+        targets(&audit(&s.ws, "event_type:already-disabled")),
+        vec!["ivan.mail@corp.test"]
+    );
+
+    // Before expiry nothing changes.
+    clock.advance(time::Duration::hours(3))?;
+    let out = once(&s.ws, None)?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(dc.uac("henry"), 0x202);
+
+    clock.advance(time::Duration::hours(2))?;
+    let out = once(&s.ws, None)?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(dc.uac("henry"), 0x200, "re-enabled at expiry");
+    assert_eq!(dc.uac("ivan"), 0x202, "not ours: left disabled");
+    let re = audit(&s.ws, "event_type:re-enabled");
+    assert_eq!(targets(&re), vec!["henry.mail@corp.test"]);
+    assert_eq!(re[0]["user"]["user_account_control"]["after"], 0x200);
+    // Once only.
+    clock.advance(time::Duration::hours(1))?;
+    let out = once(&s.ws, None)?;
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(audit(&s.ws, "event_type:re-enabled").len(), 1);
+    Ok(())
+}
+
+#[test]
+fn dphost_run_performs_queued_actions_as_they_come() -> Result<()> {
+    let dc = dc();
+    let s = setup(
+        "run@bad.example.net",
+        &["lena.mail@corp.test"],
+        LDAPS,
+        "",
+        None,
+    )?;
+    let mut child = Command::new(dphost_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(s.ws.config_path())
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // The scheduler collects at start and the worker polls the outbox: wait
+    // (bounded) for the audit to say it is done.
+    let mut done = Vec::new();
+    for _ in 0..600 {
+        done = audit(&s.ws, "event_type:done");
+        if !done.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(targets(&done), vec!["lena.mail@corp.test"]);
+    assert_eq!(dc.uac("lena"), 0x202);
+    Ok(())
+}
