@@ -617,7 +617,7 @@ mod tests {
         v["foo"] = 1.into();
         v["principal"] = "svc".into();
         v["limits"] = serde_json::json!({"memory_mb": 64});
-        v["response"] = serde_json::json!({"disable_user": true});
+        v["response"] = serde_json::json!({"disable_user": {"enabled": false}});
         let errs = Config::parse(&v.to_string()).unwrap_err();
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(
