@@ -37,7 +37,7 @@ pub mod scan;
 pub mod threats;
 pub mod windows;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "component"))]
 mod bindings;
 
 #[cfg(test)]

@@ -18,12 +18,15 @@ pub async fn run(config: Arc<Config>, runtime: Arc<Runtime>) -> anyhow::Result<(
     let permits = Arc::new(Semaphore::new(config.host.max_concurrent_runs));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    for connector in config.connectors.iter().cloned() {
+    let count = config.connectors.len();
+    for (i, connector) in config.connectors.iter().cloned().enumerate() {
+        let offset = first_run_offset(&connector, i, count, config.host.max_concurrent_runs);
         tasks.spawn(connector_loop(
             connector,
             runtime.clone(),
             permits.clone(),
             stop_rx.clone(),
+            offset,
         ));
     }
     tracing::info!(
@@ -58,19 +61,53 @@ pub async fn run(config: Arc<Config>, runtime: Arc<Runtime>) -> anyhow::Result<(
     Ok(())
 }
 
+/// When a connector's first run starts, after the scheduler's start. With
+/// more connectors than run slots, the first runs are spread evenly over
+/// the connectors' interval (in configuration order), so each interval's
+/// runs do not all fall due at the same instant and queue behind each
+/// other; with few connectors every first run starts at once.
+fn first_run_offset(
+    connector: &ConnectorConfig,
+    index: usize,
+    count: usize,
+    run_slots: usize,
+) -> Duration {
+    if count <= run_slots.max(1) {
+        return Duration::ZERO;
+    }
+    let interval = Duration::from_secs(connector.interval_min * 60);
+    interval.mul_f64(index as f64 / count as f64)
+}
+
 async fn connector_loop(
     connector: ConnectorConfig,
     runtime: Arc<Runtime>,
     permits: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
+    first_offset: Duration,
 ) {
     let interval = Duration::from_secs(connector.interval_min * 60);
+    let mut due = tokio::time::Instant::now() + first_offset;
+    if !first_offset.is_zero() {
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
     loop {
         let started = tokio::time::Instant::now();
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
             _ = stop.wait_for(|s| *s) => return,
         };
+        // Schedule lag: how late the run starts (waiting for a run slot
+        // included); `make bench` reads it from these lines.
+        tracing::debug!(
+            target: "dphost::schedule",
+            connector = %connector.name,
+            lag_ms = tokio::time::Instant::now().saturating_duration_since(due).as_millis() as u64,
+            "run starts"
+        );
         // A run in progress is not interrupted by the stop signal: the
         // scheduler's grace period bounds it instead.
         let report = runtime.call(&connector, Operation::Collect).await;
@@ -82,6 +119,7 @@ async fn connector_loop(
         if let Some(wait) = report.result.as_ref().err().and_then(|f| f.retry_after()) {
             next = next.max(tokio::time::Instant::now() + wait);
         }
+        due = next;
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
             _ = stop.wait_for(|s| *s) => return,
