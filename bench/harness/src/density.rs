@@ -145,6 +145,7 @@ pub fn density(tenants: usize, minutes: f64) -> Result<DensityRun> {
         .stderr(std::fs::File::create(&log_path)?)
         .spawn()?;
     let pid = child.id();
+    let hwm = util::watch_peak_rss(pid);
     let started = Instant::now();
     let until = started + Duration::from_secs_f64(minutes * 60.0);
     let mut peak_rss = 0;
@@ -161,8 +162,8 @@ pub fn density(tenants: usize, minutes: f64) -> Result<DensityRun> {
     let wall = started.elapsed();
     // SAFETY: `pid` is our running child.
     unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    let finished = util::wait_with_usage(&mut child)?;
-    peak_rss = peak_rss.max(finished.max_rss);
+    util::wait_with_usage(&mut child)?;
+    peak_rss = peak_rss.max(hwm.join().expect("the RSS watcher does not panic"));
     let log = std::fs::read_to_string(&log_path)?;
     let mut lags_ms = Vec::new();
     let mut ok_runs = 0;

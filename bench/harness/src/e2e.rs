@@ -21,6 +21,8 @@ pub struct WindowRun {
     pub elapsed: Duration,
     pub peak_memory_mib: f64,
     pub host_rss: u64,
+    /// CPU time of the whole `dphost once` process (user + system).
+    pub host_cpu: Duration,
     pub floor_download: Duration,
     pub floor_parse: Duration,
     pub body_bytes: u64,
@@ -61,6 +63,15 @@ pub fn run() -> Result<Vec<Figure>> {
             ratio = ratio.at_most(3.0);
         }
         figures.push(per_s);
+        figures.push(Figure::new(
+            "e2e",
+            format!(
+                "{label}: events per CPU-second of dphost ({:.1} CPU-s)",
+                r.host_cpu.as_secs_f64()
+            ),
+            r.events as f64 / r.host_cpu.as_secs_f64(),
+            "events/s",
+        ));
         figures.push(ratio);
         figures.push(Figure::new(
             "e2e",
@@ -137,7 +148,9 @@ pub fn window(n: u64) -> Result<WindowRun> {
         .stdout(std::fs::File::create(&out_path)?)
         .stderr(Stdio::null())
         .spawn()?;
+    let rss = util::watch_peak_rss(child.id());
     let finished = util::wait_with_usage(&mut child)?;
+    let host_rss = rss.join().expect("the RSS watcher does not panic");
     let out = std::fs::read_to_string(&out_path)?;
     if !finished.success {
         bail!("dphost once failed: {out}");
@@ -163,7 +176,8 @@ pub fn window(n: u64) -> Result<WindowRun> {
         events,
         elapsed,
         peak_memory_mib,
-        host_rss: finished.max_rss,
+        host_rss,
+        host_cpu: finished.cpu,
         floor_download,
         floor_parse,
         body_bytes,

@@ -91,8 +91,7 @@ pub fn run() -> Result<Vec<Figure>> {
             "instance from InstancePre, p50",
             percentile(&mut instance, 50.0),
             "µs",
-        )
-        .at_most(10.0),
+        ),
         Figure::new(
             "instantiate",
             "instance from InstancePre, p99",
@@ -104,7 +103,8 @@ pub fn run() -> Result<Vec<Figure>> {
             "run Store (caps, limits) + instance, p50",
             percentile(&mut sandbox, 50.0),
             "µs",
-        ),
+        )
+        .at_most(10.0),
         Figure::new(
             "instantiate",
             "run Store (caps, limits) + instance, p99",

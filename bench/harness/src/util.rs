@@ -98,8 +98,6 @@ pub fn write_clock(path: &Path, text: &str) -> Result<()> {
 #[derive(Debug, Clone)]
 pub struct Finished {
     pub success: bool,
-    /// Peak resident set size, bytes.
-    pub max_rss: u64,
     pub cpu: Duration,
 }
 
@@ -117,8 +115,35 @@ pub fn wait_with_usage(child: &mut Child) -> Result<Finished> {
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
     Ok(Finished {
         success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        max_rss: usage.ru_maxrss as u64 * 1024,
         cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+    })
+}
+
+/// Peak resident set size (VmHWM) of a running process, bytes. (The
+/// `ru_maxrss` of `wait4` is no use for this: a forked child's counts the
+/// parent's memory copied at the fork.)
+pub fn proc_peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Samples `proc_peak_rss(pid)` every 50 ms until the process is gone;
+/// returns the last (highest) value.
+pub fn watch_peak_rss(pid: u32) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while let Some(hwm) = proc_peak_rss(pid) {
+            peak = peak.max(hwm);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        peak
     })
 }
 
