@@ -40,6 +40,7 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --release --target $(WASM_TARGET) -p proofpoint-tap -p sandbox-probe -- -D warnings
+	$(CARGO) clippy --release --target $(WASM_TARGET) -p bench-pipeline --target-dir target/bench-wasm -- -D warnings
 
 ## bench: every benchmark (instantiation, sandbox overhead, end to end, density),
 ## then one table of figures (also in target/bench-results.md). See BENCHMARKS.md;
