@@ -55,6 +55,15 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --release --target $(WASM_TARGET) -p proofpoint-tap -p sandbox-probe -- -D warnings
+	$(CARGO) clippy --release --target $(WASM_TARGET) -p bench-pipeline --target-dir target/bench-wasm -- -D warnings
+
+## bench: every benchmark (instantiation, sandbox overhead, end to end, density),
+## then one table of figures (also in target/bench-results.md). See BENCHMARKS.md;
+## BENCH_DENSITY_MINUTES (default 10) sets the 1,000-tenant run's length.
+bench: build
+	$(CARGO) build --release -p dphost-bench
+	$(CARGO) build --release --target $(WASM_TARGET) -p bench-pipeline --target-dir target/bench-wasm
+	./target/release/dphost-bench all | tee target/bench-results.md
 
 fmt:
 	$(CARGO) fmt --all

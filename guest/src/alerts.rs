@@ -265,6 +265,11 @@ impl AlertBook {
     }
 
     /// Puts a slot's stored alerts back into the book.
+    /// Removes a slot's alerts from the book and returns them.
+    pub fn take_slot(&mut self, slot: &str) -> Vec<Alert> {
+        self.slots.remove(slot).unwrap_or_default()
+    }
+
     pub fn restore_slot(&mut self, slot: String, alerts: Vec<Alert>) {
         if !alerts.is_empty() {
             self.slots.insert(slot, alerts);
@@ -391,6 +396,46 @@ fn mitre(event_type: EventType) -> Mitre {
             kill_chain_stage: "delivery",
         }
     }
+}
+
+/// The top-level fields of an event record body that alerts read
+/// (`ObservedEvent`, `EventFacts`) and `event_type`.
+pub const ALERT_FIELDS: [&str; 5] = ["timestamp", "event_type", "email", "threat", "proofpoint"];
+
+/// An event record body parsed for alert derivation: the `ALERT_FIELDS`
+/// only, the rest (above all the embedded raw event) skipped without
+/// building it. `None` if the body is not a JSON object. What alerts see is
+/// the same as from the whole body parsed.
+pub fn alert_fields(body: &str) -> Option<Map<String, Value>> {
+    struct AlertView(Map<String, Value>);
+    impl<'de> Deserialize<'de> for AlertView {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = AlertView;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut access: A,
+                ) -> Result<AlertView, A::Error> {
+                    let mut map = Map::new();
+                    while let Some(key) = access.next_key::<std::borrow::Cow<'de, str>>()? {
+                        if ALERT_FIELDS.contains(&key.as_ref()) {
+                            let value: Value = access.next_value()?;
+                            map.insert(key.into_owned(), value);
+                        } else {
+                            access.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                    Ok(AlertView(map))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    serde_json::from_str::<AlertView>(body).ok().map(|v| v.0)
 }
 
 /// What an alert takes from one event's normalised fields.
@@ -596,6 +641,44 @@ fn strings(value: Option<&Value>) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::normalise::normalise;
+
+    #[test]
+    fn alert_fields_are_the_whole_bodys_fields() {
+        use crate::parse::{interpret, RawEvent};
+        use crate::record::{for_event, Origin};
+        use crate::test_support::{fixture_lines, FIXTURE_FILES};
+        let origin = Origin {
+            tenant: "acme",
+            connector: "tap1",
+            domain: "https://tap-api-v2.proofpoint.com",
+        };
+        let mut checked = 0;
+        for (file, event_type) in FIXTURE_FILES {
+            for line in fixture_lines(file) {
+                let Ok(v) = serde_json::from_str::<Value>(&line) else {
+                    continue;
+                };
+                let event = v.get("event").unwrap_or(&v).to_string();
+                let raw = serde_json::value::RawValue::from_string(event).unwrap();
+                let record = for_event(
+                    origin,
+                    &interpret(RawEvent {
+                        event_type,
+                        raw: &raw,
+                    }),
+                );
+                let Value::Object(mut whole) = serde_json::from_str(&record.body).unwrap() else {
+                    panic!("record bodies are objects");
+                };
+                whole.retain(|k, _| ALERT_FIELDS.contains(&k.as_str()));
+                assert_eq!(alert_fields(&record.body), Some(whole));
+                checked += 1;
+            }
+        }
+        assert!(checked > 0);
+        assert_eq!(alert_fields("[1]"), None);
+        assert_eq!(alert_fields("{\"a\":1} x"), None);
+    }
 
     const HOUR_MS: i64 = 60 * 60 * 1000;
     const DAY_MS: i64 = 24 * HOUR_MS;

@@ -108,6 +108,7 @@ pub fn collect<H: Http, P: Platform>(
         backoff,
         marked: None,
         summary: Summary::default(),
+        alert_slots: SlotCache::new(config),
         api: TapClient::new(config, http, now),
         platform,
     };
@@ -150,6 +151,58 @@ fn alert_slot_key(slot: &str) -> String {
         "{ALERT_SLOT_PREFIX}{}",
         hex::encode(&Sha256::digest(slot.as_bytes())[..16])
     )
+}
+
+/// Alert slots as this run's commits stored them (the `ALERT_SLOT_PREFIX`
+/// state keys), so a later batch of the run takes them from here instead of
+/// reading and parsing the state again. The same alerts either way: only
+/// this run writes the connector's state, and a slot is kept only once the
+/// commit carrying it succeeded. Bounded by the serialized size; past it the
+/// cache is emptied and slots are read from state again.
+#[derive(Default)]
+struct SlotCache {
+    committed: BTreeMap<String, (Vec<Alert>, usize)>,
+    staged: Vec<(String, Vec<Alert>, usize)>,
+    bytes: usize,
+    max_bytes: usize,
+}
+
+impl SlotCache {
+    fn new(config: &Config) -> Self {
+        SlotCache {
+            max_bytes: config.limits.batch_bytes() / 4,
+            ..SlotCache::default()
+        }
+    }
+
+    fn take(&mut self, slot: &str) -> Option<Vec<Alert>> {
+        let (alerts, bytes) = self.committed.remove(slot)?;
+        self.bytes -= bytes;
+        Some(alerts)
+    }
+
+    /// A slot as the next commit stores it (`bytes`: its serialized size).
+    fn stage(&mut self, slot: String, alerts: Vec<Alert>, bytes: usize) {
+        self.staged.push((slot, alerts, bytes));
+    }
+
+    fn committed(&mut self) {
+        for (slot, alerts, bytes) in std::mem::take(&mut self.staged) {
+            self.bytes += bytes;
+            if let Some((_, old)) = self.committed.insert(slot, (alerts, bytes)) {
+                self.bytes -= old;
+            }
+        }
+        if self.bytes > self.max_bytes {
+            self.clear();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.committed.clear();
+        self.staged.clear();
+        self.bytes = 0;
+    }
 }
 
 /// Records waiting for a commit, within the host's batch limits.
@@ -233,6 +286,7 @@ struct Cycle<'c, 'h, H: Http, P: Platform> {
     /// The window committed as in progress (`IN_PROGRESS_KEY`), if any.
     marked: Option<Window>,
     summary: Summary,
+    alert_slots: SlotCache,
     api: TapClient<'h, H>,
     platform: &'c mut P,
 }
@@ -836,18 +890,20 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
         let count = records.len();
         // Alerts are upserts (always "written"): count events and alerts apart.
         let alert_records = records.iter().filter(|r| r.index == Index::Alerts).count() as u32;
-        let outcome = self
-            .platform
-            .commit(Batch {
-                records,
-                actions,
-                state,
-            })
-            .map_err(|e| {
-                ConnectorError::Internal(format!(
-                    "the data lake refused a batch of {count} records: {e}"
-                ))
-            })?;
+        let outcome = self.platform.commit(Batch {
+            records,
+            actions,
+            state,
+        });
+        match &outcome {
+            Ok(_) => self.alert_slots.committed(),
+            Err(_) => self.alert_slots.clear(),
+        }
+        let outcome = outcome.map_err(|e| {
+            ConnectorError::Internal(format!(
+                "the data lake refused a batch of {count} records: {e}"
+            ))
+        })?;
         self.summary.written += u64::from(outcome.written.saturating_sub(alert_records));
         self.summary.duplicates += u64::from(outcome.duplicates);
         Ok(())
@@ -900,7 +956,7 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
             if known[k] || !seen.insert(ids[k].clone()) {
                 continue;
             }
-            let Ok(serde_json::Value::Object(body)) = serde_json::from_str(&records[i].body) else {
+            let Some(body) = crate::alerts::alert_fields(&records[i].body) else {
                 continue;
             };
             let Some(kind) = body
@@ -920,11 +976,14 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
             };
             if let Some(slot) = AlertBook::slot_of(&observed, &cfg) {
                 if slots.insert(slot.clone()) {
-                    let stored = self
-                        .platform
-                        .state_get(&alert_slot_key(&slot))
-                        .and_then(|bytes| serde_json::from_slice::<Vec<Alert>>(&bytes).ok())
-                        .unwrap_or_default();
+                    let stored = match self.alert_slots.take(&slot) {
+                        Some(alerts) => alerts,
+                        None => self
+                            .platform
+                            .state_get(&alert_slot_key(&slot))
+                            .and_then(|bytes| serde_json::from_slice::<Vec<Alert>>(&bytes).ok())
+                            .unwrap_or_default(),
+                    };
                     book.restore_slot(slot, stored);
                 }
             }
@@ -975,15 +1034,18 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
             records.push(Record {
                 index: Index::Alerts,
                 id,
-                body: body.to_string(),
+                body: serde_json::to_string(&body).expect("alert bodies serialise"),
                 mode: WriteMode::Upsert,
             });
         }
         for slot in slots {
-            let alerts = book.slot(&slot);
-            let value =
-                (!alerts.is_empty()).then(|| serde_json::to_vec(alerts).expect("alerts serialise"));
-            state.push((alert_slot_key(&slot), value));
+            let alerts = book.take_slot(&slot);
+            let value = (!alerts.is_empty())
+                .then(|| serde_json::to_vec(&alerts).expect("alerts serialise"));
+            let key = alert_slot_key(&slot);
+            self.alert_slots
+                .stage(slot, alerts, value.as_ref().map_or(0, Vec::len));
+            state.push((key, value));
         }
     }
 

@@ -38,7 +38,7 @@ pub mod scan;
 pub mod threats;
 pub mod windows;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "component"))]
 mod bindings;
 
 /// Bad-input harness and corpus (tests, `fuzz/`, e2e): not in the component.

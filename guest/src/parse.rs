@@ -132,6 +132,9 @@ pub struct Interpreted<'a> {
     /// Threat ids the event names, for the Threat API.
     pub threat_ids: Vec<String>,
     pub outcome: Outcome,
+    /// The event parsed (a JSON object), when it could be: what later steps
+    /// (normalisation) read, so the event is parsed once.
+    pub value: Option<Value>,
 }
 
 /// Read the fields the connector needs out of one event.
@@ -142,6 +145,7 @@ pub fn interpret(event: RawEvent<'_>) -> Interpreted<'_> {
         raw,
         threat_ids: Vec::new(),
         outcome: Outcome::Quarantine { reason },
+        value: None,
     };
     let value: Value = match serde_json::from_str(raw.get()) {
         Ok(v) => v,
@@ -176,6 +180,7 @@ pub fn interpret(event: RawEvent<'_>) -> Interpreted<'_> {
         raw,
         threat_ids,
         outcome,
+        value: Some(Value::Object(map)),
     }
 }
 

@@ -156,9 +156,14 @@ fn to_json_around<T: Serialize>(body: &T, raw_len: usize, origin: Origin<'_>) ->
 /// The record for one interpreted event: Syslog, or quarantine with its reason.
 pub fn for_event(origin: Origin<'_>, event: &Interpreted<'_>) -> Record {
     match &event.outcome {
-        Outcome::Event { id, time_ms } => {
-            event_record(origin, event.event_type, event.raw, id, *time_ms)
-        }
+        Outcome::Event { id, time_ms } => event_record_parsed(
+            origin,
+            event.event_type,
+            event.raw,
+            event.value.as_ref(),
+            id,
+            *time_ms,
+        ),
         Outcome::Quarantine { reason } => {
             quarantine_record(origin, event.event_type, event.raw, reason)
         }
@@ -169,6 +174,19 @@ pub fn event_record(
     origin: Origin<'_>,
     event_type: EventType,
     raw: &RawValue,
+    id: &str,
+    time_ms: i64,
+) -> Record {
+    event_record_parsed(origin, event_type, raw, None, id, time_ms)
+}
+
+/// `event_record` for an event already parsed into `value` (`raw` parsed),
+/// so it is not parsed again; `None` parses `raw`.
+pub fn event_record_parsed(
+    origin: Origin<'_>,
+    event_type: EventType,
+    raw: &RawValue,
+    value: Option<&serde_json::Value>,
     id: &str,
     time_ms: i64,
 ) -> Record {
@@ -185,7 +203,7 @@ pub fn event_record(
                 event_type: event_type.as_str(),
                 timestamp: time_ms,
                 event_id: id,
-                normalised: normalised_fields(event_type, raw),
+                normalised: normalised_fields(event_type, raw, value),
                 proofpoint_tap: raw,
             },
             raw.get().len(),
@@ -201,14 +219,23 @@ pub fn event_record(
 fn normalised_fields(
     event_type: EventType,
     raw: &RawValue,
+    parsed: Option<&serde_json::Value>,
 ) -> serde_json::Map<String, serde_json::Value> {
     let Some(kind) = normalise::EventType::from_array(event_type.array()) else {
         return serde_json::Map::new();
     };
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(raw.get()) else {
-        return serde_json::Map::new();
+    let reparsed;
+    let value = match parsed {
+        Some(v) => v,
+        None => match serde_json::from_str::<serde_json::Value>(raw.get()) {
+            Ok(v) => {
+                reparsed = v;
+                &reparsed
+            }
+            Err(_) => return serde_json::Map::new(),
+        },
     };
-    let mut fields = normalise::normalise(kind, &value).unwrap_or_default();
+    let mut fields = normalise::normalise(kind, value).unwrap_or_default();
     for own in [
         "timestamp",
         "msg_class",

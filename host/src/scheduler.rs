@@ -97,18 +97,21 @@ pub async fn run(
     }
     let mut loops: HashMap<String, LoopFeed> = HashMap::new();
     let mut tasks = JoinSet::new();
-    let spawn = |c: &ConnectorConfig, tasks: &mut JoinSet<()>| {
+    let spawn = |c: &ConnectorConfig, first_offset: Duration, tasks: &mut JoinSet<()>| {
         let (feed, rx) = watch::channel(Some(c.clone()));
         tasks.spawn(connector_loop(
             rx,
             host.clone(),
             permits.clone(),
             stop_rx.clone(),
+            first_offset,
         ));
         feed
     };
-    for c in config.connectors.iter().filter(|c| c.enabled) {
-        loops.insert(c.name.clone(), spawn(c, &mut tasks));
+    let enabled: Vec<&ConnectorConfig> = config.connectors.iter().filter(|c| c.enabled).collect();
+    for (i, c) in enabled.iter().enumerate() {
+        let offset = first_run_offset(c, i, enabled.len(), config.host.max_concurrent_runs);
+        loops.insert(c.name.clone(), spawn(c, offset, &mut tasks));
     }
     // Each [[output]] forwards on its own, whatever the connectors do.
     for output in config.outputs.iter().cloned() {
@@ -231,7 +234,7 @@ fn apply(
     new: &Config,
     loops: &mut HashMap<String, LoopFeed>,
     tasks: &mut JoinSet<()>,
-    spawn: &impl Fn(&ConnectorConfig, &mut JoinSet<()>) -> LoopFeed,
+    spawn: &impl Fn(&ConnectorConfig, Duration, &mut JoinSet<()>) -> LoopFeed,
 ) {
     let wanted: HashMap<&str, &ConnectorConfig> = new
         .connectors
@@ -255,7 +258,7 @@ fn apply(
                 let _ = feed.send(Some(c.clone()));
             }
             None => {
-                loops.insert(name.to_string(), spawn(c, tasks));
+                loops.insert(name.to_string(), spawn(c, Duration::ZERO, tasks));
                 added += 1;
             }
         }
@@ -266,12 +269,31 @@ fn apply(
     );
 }
 
+/// When a connector's first run starts, after the scheduler's start. With
+/// more connectors than run slots, the first runs are spread evenly over
+/// the connectors' interval (in configuration order), so each interval's
+/// runs do not all fall due at the same instant and queue behind each
+/// other; with few connectors every first run starts at once.
+fn first_run_offset(
+    connector: &ConnectorConfig,
+    index: usize,
+    count: usize,
+    run_slots: usize,
+) -> Duration {
+    if count <= run_slots.max(1) {
+        return Duration::ZERO;
+    }
+    interval_of(connector).mul_f64(index as f64 / count as f64)
+}
+
 async fn connector_loop(
     mut feed: watch::Receiver<Option<ConnectorConfig>>,
     host: Arc<Host>,
     permits: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
+    first_offset: Duration,
 ) {
+    let first_due = Instant::now() + first_offset;
     let mut last_start: Option<Instant> = None;
     let mut retry_at: Option<Instant> = None;
     loop {
@@ -282,7 +304,7 @@ async fn connector_loop(
         // connector waits as long as the API asked.
         let interval = interval_of(&connector);
         let due = match last_start {
-            None => Instant::now(),
+            None => first_due,
             Some(s) => (s + interval).max(retry_at.unwrap_or(s)),
         };
         let due_ms = now_ms() + due.saturating_duration_since(Instant::now()).as_millis() as i64;
@@ -303,7 +325,15 @@ async fn connector_loop(
             p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
             _ = stop.wait_for(|s| *s) => return,
         };
-        host.metrics.schedule_lag(Instant::now() - due);
+        let lag = Instant::now().saturating_duration_since(due);
+        host.metrics.schedule_lag(lag);
+        // `make bench` reads the schedule lag from these lines.
+        tracing::debug!(
+            target: "dphost::schedule",
+            connector = %connector.name,
+            lag_ms = lag.as_millis() as u64,
+            "run starts"
+        );
         last_start = Some(Instant::now());
         // A run in progress is not interrupted by the stop signal: the
         // scheduler's grace period bounds it instead.

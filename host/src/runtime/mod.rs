@@ -417,18 +417,14 @@ impl Runtime {
         report
     }
 
-    async fn call_inner(
+    /// A fresh sandbox for one call of `connector`: a new `Store` holding
+    /// the run's capabilities, memory cap and CPU budget, ready for
+    /// `InstancePre::instantiate_async` (benchmarks time exactly this).
+    pub fn new_store(
         &self,
         connector: &ConnectorConfig,
-        operation: Operation,
         observer: Option<ProgressObserver>,
-        report: &mut CallReport,
-    ) -> Result<String, Failure> {
-        let component = self
-            .components
-            .get(&connector.component)
-            .await
-            .map_err(|e| Failure::Host(format!("{e:#}")))?;
+    ) -> Result<(wasmtime::Store<RunState>, StderrTail), Failure> {
         let credential = connector
             .credential()
             .map_err(|e| Failure::Host(format!("{e:#}")))?;
@@ -473,6 +469,24 @@ impl Runtime {
             }
             Ok(UpdateDeadline::Yield(1))
         });
+
+        Ok((store, stderr))
+    }
+
+    async fn call_inner(
+        &self,
+        connector: &ConnectorConfig,
+        operation: Operation,
+        observer: Option<ProgressObserver>,
+        report: &mut CallReport,
+    ) -> Result<String, Failure> {
+        let component = self
+            .components
+            .get(&connector.component)
+            .await
+            .map_err(|e| Failure::Host(format!("{e:#}")))?;
+        let (mut store, stderr) = self.new_store(connector, observer)?;
+        let limits = connector.limits.clone();
 
         let config_json = connector.component_config_json();
         let timeout = Duration::from_secs(limits.run_timeout_secs);
