@@ -44,7 +44,8 @@ impl Setup {
         let component = self
             .runtime
             .components
-            .get(&self.connector.component, &self.runtime.components_dir)?;
+            .get(&self.connector.component)
+            .await?;
         let started = Instant::now();
         let (mut store, _stderr) = self
             .runtime
@@ -84,7 +85,7 @@ pub fn run() -> Result<Vec<Figure>> {
         }
         anyhow::Ok((sandbox, instance))
     })?;
-    let (compile, cached) = load_times(&setup.config)?;
+    let (compile, cached) = rt.block_on(load_times(&setup.config))?;
     Ok(vec![
         Figure::new(
             "instantiate",
@@ -129,33 +130,34 @@ pub fn run() -> Result<Vec<Figure>> {
 
 /// Median milliseconds to have the TAP component ready (`InstancePre`):
 /// compiled (empty cache), and deserialized from the cache.
-pub fn load_times(config: &Config) -> Result<(f64, f64)> {
+pub async fn load_times(config: &Config) -> Result<(f64, f64)> {
     let engine = components::build_engine(EngineSizing {
         max_instances: 16,
         max_memory_bytes: 256 << 20,
     })?;
     let linker = components::build_linker(&engine)?;
     let only = vec!["proofpoint_tap".to_string()];
-    let load = |cache: &std::path::Path| -> Result<(bool, f64)> {
+    let load = async |cache: &std::path::Path| -> Result<(bool, f64)> {
         let set = components::load_components(
             &engine,
             &linker,
             &config.host.components_dir,
             cache,
             Some(&only),
-        )?;
-        let c = set.get("proofpoint_tap", &config.host.components_dir)?;
+        )
+        .await?;
+        let c = set.get("proofpoint_tap").await?;
         Ok((c.from_cache, c.load_time.as_secs_f64() * 1e3))
     };
     let mut compiled = Vec::new();
     let mut cached = Vec::new();
     for _ in 0..3 {
         let cache = tempfile::tempdir()?;
-        let (hit, ms) = load(cache.path())?;
+        let (hit, ms) = load(cache.path()).await?;
         anyhow::ensure!(!hit, "an empty cache cannot hit");
         compiled.push(ms);
         for _ in 0..7 {
-            let (hit, ms) = load(cache.path())?;
+            let (hit, ms) = load(cache.path()).await?;
             anyhow::ensure!(hit, "the second load should come from the cache");
             cached.push(ms);
         }
