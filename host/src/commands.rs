@@ -321,25 +321,10 @@ fn table_row(connector: &str, id: &str, body: &serde_json::Value) -> [String; 6]
 }
 
 fn write_table(out: &mut impl Write, rows: &[[String; 6]]) -> std::io::Result<()> {
-    let mut widths = TABLE_HEADER.map(str::len);
+    let columns = crate::table::Columns::fit(TABLE_HEADER, rows);
+    writeln!(out, "{}", columns.line(TABLE_HEADER))?;
     for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: [&str; 6]| {
-        cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    writeln!(out, "{}", line(TABLE_HEADER))?;
-    for row in rows {
-        writeln!(out, "{}", line(row.each_ref().map(String::as_str)))?;
+        writeln!(out, "{}", columns.row(row))?;
     }
     Ok(())
 }

@@ -27,4 +27,5 @@ pub mod scheduler;
 pub mod search;
 pub mod status;
 pub mod store;
+pub mod table;
 pub mod validate;

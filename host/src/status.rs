@@ -10,6 +10,7 @@ use crate::config::{Config, ConnectorConfig};
 use crate::forward::OutputStatus;
 use crate::response::outbox::ConnectorActions;
 use crate::store::{Index, RunRecord, Store};
+use crate::table::Columns;
 use anyhow::Result;
 use serde::Serialize;
 
@@ -170,26 +171,11 @@ pub fn table(rows: &[ConnectorStatus]) -> String {
             ]
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: [&str; 10]| {
-        cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let mut out = line(header);
+    let columns = Columns::fit(header, &cells);
+    let mut out = columns.line(header);
     out.push('\n');
     for (row, r) in cells.iter().zip(rows) {
-        out.push_str(&line(row.each_ref().map(String::as_str)));
+        out.push_str(&columns.row(row));
         out.push('\n');
         if let Some(e) = &r.last_error {
             out.push_str(&format!("  last error: {e}\n"));
@@ -253,27 +239,12 @@ pub fn outputs_table(outputs: &[OutputStatus]) -> String {
         "PENDING",
         "LAG",
     ];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: [&str; 6]| {
-        cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
+    let columns = Columns::fit(header, &rows);
     out.push('\n');
-    out.push_str(&line(header));
+    out.push_str(&columns.line(header));
     out.push('\n');
     for (row, o) in rows.iter().zip(outputs) {
-        out.push_str(&line(row.each_ref().map(String::as_str)));
+        out.push_str(&columns.row(row));
         out.push('\n');
         if let Some(e) = &o.last_error {
             out.push_str(&format!("  last error: {e}\n"));
