@@ -223,6 +223,21 @@ CREATE TABLE IF NOT EXISTS schedule (
 );
 "#;
 
+/// A `runs` row selected as connector, tenant, operation, started_ms,
+/// ended_ms, outcome, summary, error.
+fn run_from_row(r: &rusqlite::Row) -> rusqlite::Result<RunRecord> {
+    Ok(RunRecord {
+        connector: r.get(0)?,
+        tenant: r.get(1)?,
+        operation: r.get(2)?,
+        started_ms: r.get(3)?,
+        ended_ms: r.get(4)?,
+        outcome: r.get(5)?,
+        summary: r.get(6)?,
+        error: r.get(7)?,
+    })
+}
+
 /// Runs kept per connector in the history (`runs`).
 const RUNS_KEPT: i64 = 200;
 
@@ -439,18 +454,7 @@ impl Store {
              ORDER BY id DESC LIMIT 1",
         )?;
         Ok(stmt
-            .query_row(params![connector], |r| {
-                Ok(RunRecord {
-                    connector: r.get(0)?,
-                    tenant: r.get(1)?,
-                    operation: r.get(2)?,
-                    started_ms: r.get(3)?,
-                    ended_ms: r.get(4)?,
-                    outcome: r.get(5)?,
-                    summary: r.get(6)?,
-                    error: r.get(7)?,
-                })
-            })
+            .query_row(params![connector], run_from_row)
             .optional()?)
     }
 
@@ -491,18 +495,7 @@ impl Store {
             "SELECT connector, tenant, operation, started_ms, ended_ms, outcome, summary, error
              FROM runs WHERE connector = ?1 ORDER BY id DESC LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![connector, limit as i64], |r| {
-            Ok(RunRecord {
-                connector: r.get(0)?,
-                tenant: r.get(1)?,
-                operation: r.get(2)?,
-                started_ms: r.get(3)?,
-                ended_ms: r.get(4)?,
-                outcome: r.get(5)?,
-                summary: r.get(6)?,
-                error: r.get(7)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![connector, limit as i64], run_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
