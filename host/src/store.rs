@@ -867,14 +867,47 @@ fn tune_writer(conn: &Connection) -> Result<()> {
 fn open_connection(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)
         .with_context(|| format!("cannot open the store {}", path.display()))?;
-    // WAL: readers never block the writer; NORMAL sync is durable across
-    // process crashes (the WAL is fsynced at checkpoints), which is the
-    // failure this store is built for.
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Every statement below may meet another process's lock (`dphost
+    // search` beside a committing `dphost run`): wait for it, do not fail.
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    enable_wal(&conn, path)?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(Duration::from_secs(30))?;
     Ok(conn)
+}
+
+/// How long a store operation waits for another connection's lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Switches the store to write-ahead logging: readers never block the writer,
+/// and NORMAL sync is durable across process crashes (the WAL is fsynced at
+/// checkpoints), which is the failure this store is built for.
+///
+/// SQLite answers the switch with "database is locked" at once, without
+/// calling the busy handler, while another process opens the same new file;
+/// so it is retried here until one of them has switched it.
+fn enable_wal(conn: &Connection, path: &Path) -> Result<()> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get::<_, String>(0)) {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            Ok(mode) => bail!(
+                "{} cannot use write-ahead logging (its journal mode stays {mode}): put the data dir on a local file system",
+                path.display()
+            ),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("cannot switch {} to write-ahead logging", path.display())
+                })
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1080,5 +1113,28 @@ mod tests {
             .map(|r| (r.id, r.change_seq))
             .collect();
         assert_eq!(got, vec![("old".to_string(), 1), ("new".to_string(), 2)]);
+    }
+    /// `dphost run` and `dphost search` may open a store that does not exist
+    /// yet at the same moment; CI once failed a search with "database is
+    /// locked" (SQLite's switch to WAL does not wait for a busy handler).
+    #[test]
+    fn concurrent_opens_of_a_new_store_all_succeed() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let openers: Vec<_> = (0..8)
+                .map(|_| {
+                    let path = dir.path().to_path_buf();
+                    let barrier = barrier.clone();
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        Store::open(&path).map(|_| ()).map_err(|e| format!("{e:#}"))
+                    })
+                })
+                .collect();
+            for opener in openers {
+                opener.join().unwrap().unwrap();
+            }
+        }
     }
 }

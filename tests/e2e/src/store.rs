@@ -10,11 +10,14 @@ impl Workspace {
     /// The store, opened read-only.
     pub fn db(&self) -> Result<Connection> {
         let path = self.dir.path().join("data/dphost.db");
-        Connection::open_with_flags(
+        let conn = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )
-        .with_context(|| format!("opening {}", path.display()))
+        .with_context(|| format!("opening {}", path.display()))?;
+        // A running dphost may hold a lock for a moment (a WAL checkpoint).
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        Ok(conn)
     }
 
     /// A connector's state value, as text.
