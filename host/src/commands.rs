@@ -55,7 +55,7 @@ pub async fn once(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
         bail!("{} configures no [[connector]]", config_path.display());
     }
     let runtime = Arc::new(Runtime::new(&config)?);
-    let permits = Arc::new(tokio::sync::Semaphore::new(config.host.max_concurrent_runs));
+    let permits = Arc::new(crate::slots::RunSlots::new(&config.host));
     // Progress bars draw only on a terminal; in scripts and CI they are hidden.
     let bars = indicatif::MultiProgress::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -63,7 +63,7 @@ pub async fn once(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
         let (runtime, permits) = (runtime.clone(), permits.clone());
         let bar = bars.add(progress_bar(&c.name));
         tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await.expect("never closed");
+            let _slot = permits.acquire(&c.tenant).await;
             let started = std::time::Instant::now();
             let observer_bar = bar.clone();
             let observer: ProgressObserver = Arc::new(move |p: Progress| {

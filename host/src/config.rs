@@ -42,6 +42,11 @@ pub struct HostConfig {
     /// How many connector runs may execute at once (each is one sandbox).
     #[serde(default = "default_max_concurrent_runs")]
     pub max_concurrent_runs: usize,
+    /// How many of those runs one tenant's connectors may hold at once, so
+    /// a tenant with many slow or runaway connectors cannot take every slot
+    /// from the others. Default: half of `max_concurrent_runs` (at least 1).
+    #[serde(default)]
+    pub max_runs_per_tenant: Option<usize>,
     /// On Ctrl-C, how long running collections may take to finish their
     /// current work before they are cancelled (a cancelled run loses nothing:
     /// every commit is one transaction).
@@ -59,9 +64,19 @@ impl Default for HostConfig {
             data_dir: default_data_dir(),
             components_dir: default_components_dir(),
             max_concurrent_runs: default_max_concurrent_runs(),
+            max_runs_per_tenant: None,
             shutdown_grace_secs: default_shutdown_grace_secs(),
             clock_file: None,
         }
+    }
+}
+
+impl HostConfig {
+    /// Run slots one tenant may hold at once (see `max_runs_per_tenant`).
+    pub fn runs_per_tenant(&self) -> usize {
+        self.max_runs_per_tenant
+            .unwrap_or(self.max_concurrent_runs.div_ceil(2))
+            .clamp(1, self.max_concurrent_runs.max(1))
     }
 }
 
@@ -315,6 +330,12 @@ impl Config {
             problems.push(format!(
                 "{}[host] max_concurrent_runs must be at least 1",
                 lines.at("host.max_concurrent_runs")
+            ));
+        }
+        if host.max_runs_per_tenant == Some(0) {
+            problems.push(format!(
+                "{}[host] max_runs_per_tenant must be at least 1 (leave it out for half of max_concurrent_runs)",
+                lines.at("host.max_runs_per_tenant")
             ));
         }
         let mut connectors = Vec::new();

@@ -5,7 +5,7 @@
 //! - `runtime`: the wasmtime engine, the components folder, one sandbox per call;
 //! - `caps`: what a sandbox may use, one module per imported WIT interface;
 //! - `store`: the embedded SQLite store (state, indexes, outbox, run history);
-//! - `scheduler`: `dphost run`;
+//! - `scheduler`: `dphost run`; `slots`: how many runs at once, per host and tenant;
 //! - `search`: the query language of `dphost search`;
 //! - `forward`: `[[output]]`s shipping the Syslog and Alerts indexes to a SIEM;
 //! - `response`: response actions (disable a user in Active Directory) from
@@ -25,6 +25,7 @@ pub mod response;
 pub mod runtime;
 pub mod scheduler;
 pub mod search;
+pub mod slots;
 pub mod status;
 pub mod store;
 pub mod table;

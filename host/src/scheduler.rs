@@ -16,12 +16,13 @@ use crate::admin::AdminOptions;
 use crate::config::{Config, ConnectorConfig};
 use crate::metrics::Metrics;
 use crate::runtime::{CallReport, Operation, Runtime};
+use crate::slots::RunSlots;
 use crate::store::now_ms;
 use anyhow::{bail, Result};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -90,7 +91,7 @@ pub async fn run(
     admin: Option<AdminOptions>,
 ) -> Result<()> {
     let host = Arc::new(Host::new(config.clone(), runtime));
-    let permits = Arc::new(Semaphore::new(config.host.max_concurrent_runs));
+    let permits = Arc::new(RunSlots::new(&config.host));
     let (stop_tx, stop_rx) = watch::channel(false);
     if let Some(options) = admin {
         crate::admin::start(options, host.clone(), stop_rx.clone()).await?;
@@ -119,10 +120,11 @@ pub async fn run(
         tasks.spawn(crate::forward::run_output(store, output, stop_rx.clone()));
     }
     tracing::info!(
-        "scheduler started: {} connector(s) ({} disabled), at most {} runs at once; Ctrl-C stops, SIGHUP reloads {}",
+        "scheduler started: {} connector(s) ({} disabled), at most {} runs at once ({} per tenant); Ctrl-C stops, SIGHUP reloads {}",
         loops.len(),
         config.connectors.len() - loops.len(),
         config.host.max_concurrent_runs,
+        config.host.runs_per_tenant(),
         config.path.display()
     );
 
@@ -289,7 +291,7 @@ fn first_run_offset(
 async fn connector_loop(
     mut feed: watch::Receiver<Option<ConnectorConfig>>,
     host: Arc<Host>,
-    permits: Arc<Semaphore>,
+    permits: Arc<RunSlots>,
     mut stop: watch::Receiver<bool>,
     first_offset: Duration,
 ) {
@@ -322,7 +324,7 @@ async fn connector_loop(
             _ = stop.wait_for(|s| *s) => return,
         }
         let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            p = permits.acquire(&connector.tenant) => p,
             _ = stop.wait_for(|s| *s) => return,
         };
         let lag = Instant::now().saturating_duration_since(due);

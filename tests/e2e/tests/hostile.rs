@@ -85,6 +85,12 @@ fn runaway_and_malicious_components_are_stopped_and_the_healthy_tenant_is_comple
             "probe = \"spin\"\nlimits = { cpu_seconds = 6 }",
         ),
         probe("hog", &url, "probe = \"hog\"\nlimits = { memory_mib = 32 }"),
+        probe(
+            "sleeper",
+            &url,
+            "probe = \"sleep\"\nlimits = { run_timeout_secs = 2 }",
+        ),
+        probe("secret-seeker", &url, "probe = \"snoop\""),
         probe("recurser", &url, "probe = \"recurse\""),
         probe(
             "flooder",
@@ -142,6 +148,23 @@ fn runaway_and_malicious_components_are_stopped_and_the_healthy_tenant_is_comple
         l.contains("FAILED (trapped)")
             && (l.contains("out of bounds memory access") || l.contains("call stack exhausted")),
         "{l}"
+    );
+
+    // Waiting without end (no CPU spent): the wall-clock bound stops it.
+    let l = line_of(&stdout, "sleeper");
+    assert!(
+        l.contains("FAILED (timeout)") && l.contains("longer than 2 s"),
+        "{l}"
+    );
+
+    // Looking for the secret beside a tenant that uses it: not in what the
+    // sandbox could see, not in the output.
+    let seen = probe_record(&ws, "snoop")?.to_string();
+    assert!(seen.contains("proc_environ"), "{seen}");
+    assert!(!seen.contains(SECRET), "the secret leaked into the sandbox");
+    assert!(
+        !all.contains(SECRET),
+        "the secret appears in dphost's output"
     );
 
     // Log flood: the run completes; only the budget's lines reach the log,
@@ -224,6 +247,7 @@ fn runaway_and_malicious_components_are_stopped_and_the_healthy_tenant_is_comple
     for (name, outcome) in [
         ("spinner", "cpu-deadline"),
         ("hog", "memory-cap"),
+        ("sleeper", "timeout"),
         ("recurser", "trapped"),
         ("trapper", "trapped"),
     ] {
@@ -241,7 +265,7 @@ fn runaway_and_malicious_components_are_stopped_and_the_healthy_tenant_is_comple
     let after = assert_healthy_complete(&ws, &sim, &clock)?;
     assert!(after > events);
     eprintln!(
-        "hostile: 8 hostile sandboxes beside a healthy tenant; {events} then {after} events, 0 missing, 0 duplicated"
+        "hostile: 10 hostile sandboxes beside a healthy tenant; {events} then {after} events, 0 missing, 0 duplicated"
     );
     Ok(())
 }
@@ -513,6 +537,103 @@ fn under_dphost_run_the_healthy_tenant_keeps_its_cadence_while_hostile_runs_are_
         spinner.len(),
         hog.len(),
         landed.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn a_tenant_with_many_runaway_connectors_cannot_take_every_run_slot() -> Result<()> {
+    let sim = Sim::start(&[
+        "--seed",
+        "29",
+        "--rate",
+        "300",
+        "--history-hours",
+        "1",
+        "--max-lag-min",
+        "0",
+    ])?;
+    let ws = Workspace::new()?;
+    // Two run slots; by default a tenant holds at most half of them.
+    let spinners: String = (1..=3)
+        .map(|i| {
+            probe(
+                &format!("spinner-{i}"),
+                &sim.url,
+                "probe = \"spin\"\nlimits = { cpu_seconds = 2 }",
+            )
+        })
+        .collect();
+    ws.write_config_with_host(
+        "max_concurrent_runs = 2",
+        &format!(
+            "{}{spinners}",
+            tap_connector("healthy", "acme", &sim, "initial_lookback_hours = 1"),
+        ),
+    )?;
+    let mut child = std::process::Command::new(dphost_bin())
+        .args(["run", "--config"])
+        .arg(ws.config_path())
+        .env("DPHOST_INTERVAL_SECS", "1")
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let spinner_runs = || -> Vec<(String, i64, i64)> {
+        (1..=3)
+            .flat_map(|i| ws.runs(&format!("spinner-{i}")).unwrap_or_default())
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let waited = loop {
+        if spinner_runs().len() >= 4 {
+            break true;
+        }
+        if let Some(status) = child.try_wait()? {
+            panic!("dphost run ended by itself: {status:?}");
+        }
+        if std::time::Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let status = child.wait()?;
+    assert!(waited, "the spinners never finished four runs");
+    assert!(status.success(), "{status:?}");
+
+    let mut spinners = spinner_runs();
+    spinners.sort_by_key(|(_, start, _)| *start);
+    assert!(
+        spinners.iter().all(|(o, _, _)| o == "cpu-deadline"),
+        "{spinners:?}"
+    );
+    // The runaway tenant never held both slots: its runs never overlapped.
+    for pair in spinners.windows(2) {
+        assert!(
+            pair[1].1 >= pair[0].2,
+            "two of mallory's runs overlapped: {spinners:?}"
+        );
+    }
+    // The other slot stayed free for the healthy tenant, which kept its
+    // one-second cadence while the spinners burnt their CPU budgets.
+    let healthy = ws.runs("healthy")?;
+    assert!(healthy.iter().all(|(o, _, _)| o == "ok"), "{healthy:?}");
+    let (first, last) = (spinners[0].1, spinners.last().unwrap().2);
+    let during = healthy
+        .iter()
+        .filter(|(_, start, _)| (first..=last).contains(start))
+        .count();
+    let span_secs = (last - first) / 1000;
+    assert!(
+        during as i64 >= span_secs / 2,
+        "{during} healthy runs started in the {span_secs} s the spinners ran: {healthy:?}"
+    );
+    eprintln!(
+        "run slots: {} spinner runs one at a time over {span_secs} s, {during} healthy runs meanwhile",
+        spinners.len()
     );
     Ok(())
 }

@@ -7,6 +7,8 @@
 //!   configuration, environment, arguments, the filesystem; commits what it
 //!   saw as a record so the test can check the store for the secret;
 //! - `spin`: loops forever (the CPU deadline must stop it);
+//! - `sleep`: sleeps `secs` (default an hour) using no CPU, as a component
+//!   waiting on the network would (the wall-clock bound must stop it);
 //! - `hog`: allocates without end (the memory cap must stop it);
 //! - `recurse`: recurses without end (the stack limit must stop it);
 //! - `flood`: writes `lines` (default 100000) log lines of 8 KiB and 64 MiB
@@ -196,6 +198,11 @@ mod component {
                     loop {
                         n = std::hint::black_box(n.wrapping_add(1));
                     }
+                }
+                "sleep" => {
+                    let secs = setting_u64(&config, "secs").unwrap_or(3600);
+                    std::thread::sleep(std::time::Duration::from_secs(secs));
+                    Ok(format!("slept {secs} s"))
                 }
                 "hog" => {
                     let mut hoard: Vec<Vec<u8>> = Vec::new();
