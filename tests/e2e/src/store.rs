@@ -72,13 +72,13 @@ impl Workspace {
         Ok(())
     }
 
-    /// `(total, distinct action ids)` in the outbox: equal when no action
-    /// was queued twice.
-    pub fn outbox_counts(&self) -> Result<(i64, i64)> {
-        Ok(self.db()?.query_row(
-            "SELECT count(*), count(DISTINCT connector || '/' || action_id) FROM outbox",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )?)
+    /// Every outbox row: (target, params JSON).
+    pub fn outbox(&self) -> Result<Vec<(String, String)>> {
+        let db = self.db()?;
+        let mut stmt = db.prepare("SELECT target, params FROM outbox ORDER BY seq")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 }
