@@ -84,19 +84,23 @@ pub async fn once(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
         reports.push(r?);
     }
     reports.sort_by_key(|(i, _)| *i);
+    let mut failed = 0;
+    {
+        let mut out = std::io::stdout().lock();
+        for (_, r) in &reports {
+            writeln!(out, "{}", describe_collect(r))?;
+            if r.result.is_err() {
+                failed += 1;
+            }
+        }
+        out.flush()?;
+    }
     crate::response::fault_point("after-collect");
     // Then the response actions those runs queued (and any still due).
     let worker =
         crate::response::worker::Worker::new(Arc::new(config.clone()), runtime.store.clone())?;
     let actions = worker.pass().await?;
-    let mut failed = 0;
     let mut out = std::io::stdout().lock();
-    for (_, r) in &reports {
-        writeln!(out, "{}", describe_collect(r))?;
-        if r.result.is_err() {
-            failed += 1;
-        }
-    }
     if !actions.is_empty() {
         writeln!(out, "response actions: {}", actions.describe())?;
         for e in &actions.errors {

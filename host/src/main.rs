@@ -146,6 +146,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(advice) = dphost::store::storage_fault_advice(&e) {
+                eprintln!("what to do: {advice}");
+            }
             ExitCode::from(2)
         }
     }

@@ -871,17 +871,49 @@ fn open_connection(path: &Path) -> Result<Connection> {
     // search` beside a committing `dphost run`): wait for it, do not fail.
     conn.busy_timeout(BUSY_TIMEOUT)?;
     enable_wal(&conn, path)?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    // FULL: a commit is on disk before `sink.commit` returns, so what a
+    // connector was told is stored (and the checkpoint with it) survives a
+    // power cut or a file system that fails, not only a process crash. One
+    // fsync per batch; batches are hundreds of records.
+    conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
+}
+
+/// What an operator should do about a store write that failed, from the
+/// SQLite error in `e`'s chain.
+pub fn storage_advice(e: &anyhow::Error) -> &'static str {
+    storage_fault_advice(e).unwrap_or("check the data dir's free space and permissions")
+}
+
+/// Advice when `e` comes from the data dir's file system (full, read-only,
+/// failing), not from dphost itself.
+pub fn storage_fault_advice(e: &anyhow::Error) -> Option<&'static str> {
+    let code = e
+        .chain()
+        .find_map(|c| match c.downcast_ref::<rusqlite::Error>() {
+            Some(rusqlite::Error::SqliteFailure(f, _)) => Some(f.code),
+            _ => None,
+        });
+    Some(match code? {
+        rusqlite::ErrorCode::DiskFull => {
+            "the data dir's file system is full: free space there; the next run resumes from the last checkpoint"
+        }
+        rusqlite::ErrorCode::ReadOnly => {
+            "the store is read-only: make the data dir and its files writable by dphost"
+        }
+        rusqlite::ErrorCode::SystemIoFailure => {
+            "the data dir could not be written (its file system turned read-only or its disk is failing): check the kernel log (dmesg) and the mount, repair the file system, then run again; collection resumes from the last checkpoint"
+        }
+        _ => return None,
+    })
 }
 
 /// How long a store operation waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Switches the store to write-ahead logging: readers never block the writer,
-/// and NORMAL sync is durable across process crashes (the WAL is fsynced at
-/// checkpoints), which is the failure this store is built for.
+/// Switches the store to write-ahead logging: readers never block the
+/// writer, and a commit is one append to the log.
 ///
 /// SQLite answers the switch with "database is locked" at once, without
 /// calling the busy handler, while another process opens the same new file;

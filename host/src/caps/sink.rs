@@ -84,7 +84,8 @@ impl sink::Host for RunState {
             // A storage failure is not the component's fault, but the
             // component must know nothing was written so it keeps its place.
             Err(e) => Ok(Err(format!(
-                "the host could not store the batch: {e:#} (nothing of it was written; check the data dir's free space and permissions)"
+                "the host could not store the batch: {e:#} (nothing of it was written; {})",
+                crate::store::storage_advice(&e)
             ))),
         }
     }
