@@ -397,7 +397,8 @@ fn runs_through_faults_converge_to_the_truth() -> Result<()> {
     let started = Instant::now();
     let dir = tempfile::tempdir()?;
     let mut clock = SimClock::new(dir.path(), T0)?;
-    // One request in five goes wrong, in every way tap-sim knows.
+    // One request in four or five goes wrong, in every way tap-sim knows.
+    // (That the budget holds when it binds is the quota test's.)
     let sim = start_sim(
         &clock,
         &[
@@ -408,7 +409,7 @@ fn runs_through_faults_converge_to_the_truth() -> Result<()> {
             "--history-hours",
             "3",
             "--faults",
-            "500=0.025,503=0.025,reset=0.025,truncate=0.025,malformed=0.025,429=0.025,slow-first-byte=0.025,slow-body=0.025",
+            "500=0.035,503=0.035,reset=0.035,truncate=0.035,malformed=0.035,429=0.035,slow-first-byte=0.035,slow-body=0.035",
             "--slow-secs",
             "1",
             // A fault sequence in which every kind occurs.
@@ -462,7 +463,11 @@ fn runs_through_faults_converge_to_the_truth() -> Result<()> {
         .values()
         .map(|v| v.as_u64().unwrap())
         .sum();
-    assert!(faults >= 10, "faults were injected: {stats}");
+    let total = stats["total_requests"].as_u64().unwrap();
+    assert!(
+        faults * 5 >= total,
+        "at least one request in five was faulty: {faults} of {total}: {stats}"
+    );
     for (kind, n) in stats["faults"].as_object().unwrap() {
         assert!(
             n.as_u64().unwrap() >= 1,
