@@ -50,12 +50,13 @@ SOAK_KILLS ?= 500
 soak: build
 	DPHOST_SOAK_KILLS=$(SOAK_KILLS) $(CARGO) test --release -p e2e --test crash -- --nocapture
 
-## lint: formatting and clippy, native and wasm
+## lint: formatting and clippy, native and wasm; the fuzz targets still build
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --release --target $(WASM_TARGET) -p proofpoint-tap -p sandbox-probe -- -D warnings
 	$(CARGO) clippy --release --target $(WASM_TARGET) -p bench-pipeline --target-dir target/bench-wasm -- -D warnings
+	RUSTC_BOOTSTRAP=1 $(CARGO) check --manifest-path fuzz/Cargo.toml
 
 ## bench: every benchmark (instantiation, sandbox overhead, end to end, density),
 ## then one table of figures (also in target/bench-results.md). See BENCHMARKS.md;

@@ -270,6 +270,13 @@ impl<R: BodyReader> SiemScanner<R> {
         loop {
             match self.state {
                 State::Start => {
+                    // A UTF-8 byte-order mark before the body: RFC 8259 lets
+                    // a parser ignore it, and refusing it would fail every
+                    // retry of the window.
+                    if self.offset() == 0 && self.fill()? && self.chunk[self.pos] == 0xEF {
+                        self.pos += 1;
+                        self.expect_literal(&[0xBB, 0xBF])?;
+                    }
                     match self.next_token()? {
                         b'{' => {}
                         _ => {

@@ -464,6 +464,52 @@ pub fn bodies() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// What a broken body must lead to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyExpect {
+    /// The window fails as a transient error, the checkpoint stays, and the
+    /// window is asked for again: the body is not trusted.
+    Retried,
+    /// The window is collected with this many events: the damage is one
+    /// the API's JSON may carry without losing anything.
+    Collected(usize),
+}
+
+/// Each body of `bodies()` with what it must lead to. Every body needs an
+/// expectation: a new one without is a test failure, not a silent pass.
+pub fn expected(name: &str) -> BodyExpect {
+    match name {
+        // Valid JSON that carries the window: the same array twice (its
+        // event stored once), a string queryEndTime the connector does not
+        // need, whitespace, and a byte-order mark (RFC 8259 lets a parser
+        // ignore it; refusing it would fail every retry of the window).
+        "an array twice" | "1 MiB of whitespace" | "a byte-order mark" => BodyExpect::Collected(1),
+        "queryEndTime prose" => BodyExpect::Collected(0),
+        "empty"
+        | "null"
+        | "a list"
+        | "an empty object"
+        | "an open brace"
+        | "a closing brace"
+        | "HTML"
+        | "binary"
+        | "an array that is a number"
+        | "an array that is a string"
+        | "an array that is an object"
+        | "queryEndTime a number"
+        | "queryEndTime 1 MiB"
+        | "100k brackets"
+        | "a member nested 100k deep"
+        | "trailing garbage"
+        | "two objects"
+        | "cut in an event"
+        | "garbage between items"
+        | "a number out of range"
+        | "NUL between items" => BodyExpect::Retried,
+        other => panic!("broken body `{other}` has no expected outcome: add it to `expected`"),
+    }
+}
+
 /// Writes the corpus as fuzzing seeds: `dir/siem_body/*` (whole bodies, the
 /// nasty events inside good responses too) and `dir/siem_event/*` (a type
 /// selector byte, then the event), the input shapes of `fuzz/`'s targets.

@@ -47,11 +47,7 @@ impl budget::Host for RunState {
             .scope
             .store
             .budget_take(&key, limit, window, now)
-            .map_err(|e| {
-                wasmtime::Error::from_anyhow(
-                    e.context("the host could not update the request budget"),
-                )
-            })?;
+            .map_err(|e| super::store_failure(e, "update the request budget"))?;
         if result.is_err() {
             tracing::debug!(connector = %self.scope.connector, "request budget `{pool}` is used up");
         }
@@ -68,10 +64,6 @@ impl budget::Host for RunState {
         self.scope
             .store
             .budget_remaining(&key, limit, window, now)
-            .map_err(|e| {
-                wasmtime::Error::from_anyhow(
-                    e.context("the host could not read the request budget"),
-                )
-            })
+            .map_err(|e| super::store_failure(e, "read the request budget"))
     }
 }

@@ -14,3 +14,19 @@ pub mod net_policy;
 pub mod sink;
 pub mod state;
 pub mod wasi;
+
+/// A host function that could not use the store (a failing or read-only
+/// disk, a locked database): the run ends as a host error with what to
+/// check, not as "the component crashed", which would blame the connector.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreFailure(pub String);
+
+/// `e` from the store while `doing` something for the component, as the
+/// error that ends the run (see `StoreFailure`).
+pub fn store_failure(e: anyhow::Error, doing: &str) -> wasmtime::Error {
+    let advice = crate::store::storage_advice(&e);
+    wasmtime::Error::new(StoreFailure(format!(
+        "the host could not {doing}: {e:#} ({advice})"
+    )))
+}

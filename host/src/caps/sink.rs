@@ -100,9 +100,7 @@ impl sink::Host for RunState {
         self.scope
             .store
             .contains(&self.scope.connector, to_store_index(index), &ids)
-            .map_err(|e| {
-                wasmtime::Error::from_anyhow(e.context("the host could not look up records"))
-            })
+            .map_err(|e| super::store_failure(e, "look up records"))
     }
 
     fn dropped_by_filters(&mut self, bodies: Vec<String>) -> wasmtime::Result<Vec<bool>> {

@@ -17,8 +17,6 @@ impl state::Host for RunState {
         self.scope
             .store
             .state_get(&self.scope.connector, &key)
-            .map_err(|e| {
-                wasmtime::Error::from_anyhow(e.context("the host could not read connector state"))
-            })
+            .map_err(|e| super::store_failure(e, "read connector state"))
     }
 }

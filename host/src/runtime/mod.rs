@@ -575,6 +575,9 @@ fn classify_trap(
             mib: limits.memory_mib,
         };
     }
+    if let Some(store) = error.downcast_ref::<crate::caps::StoreFailure>() {
+        return Failure::Host(format!("stopped: {store}; committed progress is kept"));
+    }
     let error = anyhow::Error::from(error);
     let message = match error.downcast_ref::<wasmtime::Trap>() {
         Some(trap) => format!("{trap} ({:#})", error.root_cause()),
