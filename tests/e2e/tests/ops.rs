@@ -100,6 +100,24 @@ fn connectors(sim: &Sim, b_secret: &str, a_tenant: &str, hold_url: &str) -> Stri
     )
 }
 
+/// The config with every inline secret unquoted: not TOML, and the
+/// offending line holds the secret.
+fn unquote_secret(config: &str) -> String {
+    config.replace(
+        &format!("secret = \"{GOOD_SECRET}\""),
+        &format!("secret = {GOOD_SECRET}"),
+    )
+}
+
+/// The 1-based line of the first line of `config` holding a secret.
+fn secret_line(config: &str) -> usize {
+    config
+        .lines()
+        .position(|l| l.contains(GOOD_SECRET))
+        .expect("a secret line")
+        + 1
+}
+
 #[test]
 fn admin_api_reload_and_secrets() -> Result<()> {
     let sim = Sim::start(&["--seed", "8", "--rate", "120", "--secret", GOOD_SECRET])?;
@@ -145,6 +163,13 @@ fn admin_api_reload_and_secrets() -> Result<()> {
     assert!(
         log.contains("`tenant` cannot change from `tenant-a` to `tenant-z`"),
         "{log}"
+    );
+    let broken = unquote_secret(&std::fs::read_to_string(ws.config_path())?);
+    let want = format!("dphost.toml: line {}, column ", secret_line(&broken));
+    assert!(
+        log.lines()
+            .any(|l| l.contains("configuration reload refused") && l.contains(&want)),
+        "the broken reload is refused with its line ({want}):\n{log}"
     );
 
     // Secrets appear nowhere an operator looks.
@@ -198,6 +223,18 @@ fn exercise(
     let err = b["last_error"].as_str().unwrap_or_default();
     assert!(err.contains("HTTP 401"), "{b:#}");
     assert!(err.to_lowercase().contains("credential"), "{b:#}");
+    // The connection test of the connector with the wrong secret explains
+    // the 401 and shows neither secret.
+    let (code, body) = admin.post("/connectors/b/test")?;
+    assert_eq!(code, 502, "{body}");
+    let said = body.to_string();
+    assert!(said.contains("HTTP 401"), "{said}");
+    for secret in [GOOD_SECRET, WRONG_SECRET] {
+        assert!(
+            !said.contains(secret),
+            "the test response shows a secret: {said}"
+        );
+    }
     assert_eq!(admin.status_of("held")?["state"], "disabled");
 
     let (code, metrics) = admin.get("/metrics")?;
@@ -282,9 +319,15 @@ fn exercise(
     // A reload that changes a's tenant is refused; the old config stays.
     ws.write_config(&connectors(sim, GOOD_SECRET, "tenant-z", hold_url))?;
     signal(child, "-HUP");
-    // And one that is not even TOML.
+    // And one that is not even TOML, on a line holding the secret (the
+    // TOML parser's own message would quote that line).
     std::thread::sleep(Duration::from_millis(500));
-    std::fs::write(ws.config_path(), "[[connector]\nname = ")?;
+    ws.write_config(&unquote_secret(&connectors(
+        sim,
+        GOOD_SECRET,
+        "tenant-a",
+        hold_url,
+    )))?;
     signal(child, "-HUP");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(admin.status_of("a")?["tenant"], "tenant-a");
@@ -369,6 +412,53 @@ fn invalid_configs_name_file_and_line_and_run_refuses_them() -> Result<()> {
         assert!(
             out.lines().any(|l| l.contains(&want) && l.contains(says)),
             "{key}: `{want}…{says}` not in\n{out}"
+        );
+    }
+    Ok(())
+}
+
+/// A configuration that is not TOML on a line holding the secret: `check`,
+/// `run` and `once` name the file, line and column and never print the
+/// line. A valid file with other problems does not print the secret either.
+#[test]
+fn config_errors_never_print_the_secret() -> Result<()> {
+    let sim = Sim::start(&["--rate", "0", "--secret", GOOD_SECRET])?;
+    let ws = Workspace::new()?;
+    let good = tap_connector("a", "tenant-a", &sim, "").replace(SECRET, GOOD_SECRET);
+    let quoted = format!("secret = \"{GOOD_SECRET}\"");
+    for (what, broken) in [
+        ("unquoted", format!("secret = {GOOD_SECRET}")),
+        ("bad escape", format!("secret = \"{GOOD_SECRET}\\q\"")),
+        ("duplicate key", format!("secret = \"x\"\n{quoted}")),
+    ] {
+        ws.write_config(&good.replace(&quoted, &broken))?;
+        let line = secret_line(&std::fs::read_to_string(ws.config_path())?);
+        for command in ["check", "run", "once"] {
+            let out = ws.dphost(&[command])?;
+            let said = text(&out);
+            assert_eq!(out.status.code(), Some(2), "{what}, {command}: {said}");
+            assert!(
+                !said.contains(GOOD_SECRET),
+                "{what}, {command} shows the secret:\n{said}"
+            );
+            let want = format!("dphost.toml: line {line}, column ");
+            assert!(
+                said.contains(&want),
+                "{what}, {command}: no `{want}` in\n{said}"
+            );
+            assert!(said.contains("fix that line"), "{what}, {command}: {said}");
+        }
+    }
+    // Valid TOML, refused by the component: the secret stays out too.
+    ws.write_config(&format!("{good}content_types = [\"nope\"]\n"))?;
+    for command in ["check", "run"] {
+        let out = ws.dphost(&[command])?;
+        let said = text(&out);
+        assert!(!out.status.success(), "{command}: {said}");
+        assert!(said.contains("`content_types`"), "{command}: {said}");
+        assert!(
+            !said.contains(GOOD_SECRET),
+            "{command} shows the secret:\n{said}"
         );
     }
     Ok(())
