@@ -488,15 +488,25 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The most recent runs of `connector`, newest first.
-    pub fn recent_runs(&self, connector: &str, limit: usize) -> Result<Vec<RunRecord>> {
+    /// The newest run of `connector` whose operation is one of `operations`,
+    /// however many runs of other operations came after it.
+    pub fn newest_run(&self, connector: &str, operations: &[&str]) -> Result<Option<RunRecord>> {
+        use rusqlite::types::Value as Sql;
         let conn = self.reader.lock().expect("store reader poisoned");
-        let mut stmt = conn.prepare_cached(
+        let placeholders: Vec<String> = (0..operations.len())
+            .map(|i| format!("?{}", i + 2))
+            .collect();
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT connector, tenant, operation, started_ms, ended_ms, outcome, summary, error
-             FROM runs WHERE connector = ?1 ORDER BY id DESC LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![connector, limit as i64], run_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+             FROM runs WHERE connector = ?1 AND operation IN ({})
+             ORDER BY id DESC LIMIT 1",
+            placeholders.join(", ")
+        ))?;
+        let values = std::iter::once(Sql::Text(connector.to_string()))
+            .chain(operations.iter().map(|o| Sql::Text(o.to_string())));
+        Ok(stmt
+            .query_row(rusqlite::params_from_iter(values), run_from_row)
+            .optional()?)
     }
 
     /// Streams the records of `index` that pass `filter`, in commit order.
