@@ -118,6 +118,23 @@ fn secret_line(config: &str) -> usize {
         + 1
 }
 
+/// The value of exactly `series` (name and labels) in a metrics text.
+fn metric(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().expect("a number"))
+}
+
+/// The sum of every series starting with `prefix`.
+fn metric_sum(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
 #[test]
 fn admin_api_reload_and_secrets() -> Result<()> {
     let sim = Sim::start(&["--seed", "8", "--rate", "120", "--secret", GOOD_SECRET])?;
@@ -245,14 +262,50 @@ fn exercise(
         r#"dphost_events_collected_total{connector="a",tenant="tenant-a",event_type="clickPermitted"}"#,
         "dphost_run_duration_seconds_bucket",
         "dphost_instance_peak_memory_bytes{",
-        "dphost_request_budget_used{pool=",
         "dphost_records_written_total{",
-        "dphost_alerts_created_total{",
-        "dphost_records_quarantined_total{",
         "dphost_schedule_lag_seconds_count 2",
     ] {
         assert!(metrics.contains(needle), "no {needle} in\n{metrics}");
     }
+    // Counts agree with the store (a collected once; get_or_create writes
+    // a zero line, so presence alone proves nothing).
+    let a = admin.status_of("a")?;
+    assert!(a["alerts"].as_u64().unwrap() > 0, "{a:#}");
+    for (family, field) in [
+        ("dphost_alerts_created_total", "alerts"),
+        ("dphost_records_quarantined_total", "quarantined"),
+    ] {
+        let series = format!(r#"{family}{{connector="a",tenant="tenant-a"}}"#);
+        assert_eq!(
+            metric(&metrics, &series),
+            a[field].as_f64(),
+            "{series} against /status {field}: {a:#}\n{metrics}"
+        );
+    }
+    let budget_rows: i64 = ws
+        .db()?
+        .query_row("SELECT count(*) FROM request_budget", [], |r| r.get(0))?;
+    assert!(budget_rows > 0);
+    assert_eq!(
+        metric_sum(&metrics, "dphost_request_budget_used{pool="),
+        budget_rows as f64,
+        "{metrics}"
+    );
+    // a's collection at least was measured; every sample is in +Inf.
+    let measured = metric(
+        &metrics,
+        r#"dphost_instance_memory_bytes_count{operation="collect"}"#,
+    )
+    .unwrap_or(0.0);
+    assert!(measured >= 1.0, "{metrics}");
+    assert_eq!(
+        metric(
+            &metrics,
+            r#"dphost_instance_memory_bytes_bucket{le="+Inf",operation="collect"}"#
+        ),
+        Some(measured),
+        "{metrics}"
+    );
     // The events counted by type add up to the events stored.
     let counted: u64 = metrics
         .lines()
