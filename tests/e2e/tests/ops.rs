@@ -516,3 +516,200 @@ fn config_errors_never_print_the_secret() -> Result<()> {
     }
     Ok(())
 }
+
+/// Two message events the connector cannot use (no `messageTime`; a
+/// number for it), made from a sample event, one per line.
+fn two_malformed_messages() -> Result<String> {
+    let sample = std::fs::read_to_string(fixtures_dir().join("message_delivered.ndjson"))?;
+    let template: Value = serde_json::from_str(
+        sample
+            .lines()
+            .find(|l| !l.contains("queryEndTime") && l.contains("\"messageTime\""))
+            .context("a sample message")?,
+    )?;
+    let at = template["messageTime"].clone();
+    let mut lines = Vec::new();
+    for (i, time) in [None, Some(Value::from(1_641_070_000))]
+        .into_iter()
+        .enumerate()
+    {
+        let mut e = template.clone();
+        e["id"] = format!("malformed-{i}").into();
+        e["GUID"] = format!("malformed-guid-{i}").into();
+        // tap-sim files an event by its threat time when messageTime is unusable.
+        e["threatTime"] = at.clone();
+        match time {
+            None => drop(e.as_object_mut().unwrap().remove("messageTime")),
+            Some(t) => e["messageTime"] = t,
+        }
+        lines.push(serde_json::to_string(&e)?);
+    }
+    Ok(lines.join("\n") + "\n")
+}
+
+fn rfc3339_secs(v: &Value) -> i64 {
+    parse_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}")))
+        .unwrap()
+        .unix_timestamp()
+}
+
+fn now_secs() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// After one collection of the sample events plus two malformed ones, the
+/// status (admin API and `dphost status`) counts what the store holds, the
+/// lag is now minus the checkpoint, the run's start and end bracket it, and
+/// the metrics agree with the status.
+#[test]
+fn status_and_metrics_count_alerts_quarantine_and_lag() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let malformed = dir.path().join("malformed.ndjson");
+    std::fs::write(&malformed, two_malformed_messages()?)?;
+    let (mut args, _) = fixture_sim_args();
+    args.extend([
+        "--events".into(),
+        malformed.display().to_string(),
+        "--events-type".into(),
+        "messagesDelivered".into(),
+    ]);
+    let sim = Sim::start(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let ws = Workspace::new()?;
+    ws.write_config(&tap_connector(
+        "q",
+        "tenant-q",
+        &sim,
+        "interval_min = 60\ninitial_lookback_hours = 24",
+    ))?;
+    std::fs::write(ws.dir.path().join("token"), format!("{TOKEN}\n"))?;
+    let port = free_port()?;
+    let log_path = ws.dir.path().join("run.log");
+    let started = now_secs();
+    let mut child = Command::new(dphost_bin())
+        .args(["run", "--admin", &format!("127.0.0.1:{port}")])
+        .arg("--admin-token-file")
+        .arg(ws.dir.path().join("token"))
+        .arg("--config")
+        .arg(ws.config_path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?)
+        .spawn()?;
+    let admin = Admin {
+        base: format!("http://127.0.0.1:{port}"),
+        client: reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()?,
+    };
+    let result = (|| -> Result<()> {
+        let q = admin.wait_for("q", "a successful collection", |r| r["state"] == "ok")?;
+        let (code, metrics) = admin.get("/metrics")?;
+        assert_eq!(code, 200, "{metrics}");
+        let checked = now_secs();
+
+        let quarantined = ws.search("quarantine", "*")?;
+        assert_eq!(quarantined.len(), 2, "{quarantined:#?}");
+        assert!(quarantined.iter().all(|r| r["raw"]["id"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("malformed-")));
+        assert_eq!(q["quarantined"], 2, "{q:#}");
+        let alerts = ws.search("alerts", "*")?.len() as u64;
+        assert!(alerts > 0, "the sample events make alerts");
+        assert_eq!(q["alerts"], alerts, "{q:#}");
+        assert_eq!(
+            q["records"],
+            ws.search("syslog", "*")?.len() as u64,
+            "{q:#}"
+        );
+        assert_eq!(q["last_outcome"], "ok", "{q:#}");
+        for (family, field) in [
+            ("dphost_alerts_created_total", "alerts"),
+            ("dphost_records_quarantined_total", "quarantined"),
+        ] {
+            let series = format!(r#"{family}{{connector="q",tenant="tenant-q"}}"#);
+            assert_eq!(
+                metric(&metrics, &series),
+                q[field].as_f64(),
+                "{series} against /status {field}: {q:#}\n{metrics}"
+            );
+        }
+
+        // The run started and ended during this test, in that order.
+        let (start, end) = (
+            rfc3339_secs(&q["last_run_start"]),
+            rfc3339_secs(&q["last_run_end"]),
+        );
+        assert!(started <= start && start <= end && end <= checked, "{q:#}");
+        assert_eq!(q["last_success"], q["last_run_end"], "{q:#}");
+        // Lag: how far the checkpoint is behind now (the connector stays a
+        // minute behind the API's indexing, so it is at least that).
+        let checkpoint = rfc3339_secs(&q["checkpoint"]);
+        let lag = q["lag_seconds"].as_i64().context("lag_seconds")?;
+        assert!(lag >= 60, "{q:#}");
+        let read_at = checked - 10..=checked;
+        assert!(
+            read_at.contains(&(checkpoint + lag)),
+            "checkpoint + lag is when the status was read: {q:#}"
+        );
+
+        // `dphost status` reads the same from the store.
+        let out = ws.dphost(&["status", "--format", "json"])?;
+        assert!(out.status.success(), "{}", text(&out));
+        let status: Value = serde_json::from_slice(&out.stdout)?;
+        let row = &status["connectors"][0];
+        for field in [
+            "state",
+            "records",
+            "alerts",
+            "quarantined",
+            "last_run_start",
+            "last_run_end",
+            "checkpoint",
+        ] {
+            assert_eq!(row[field], q[field], "{field}: {row:#}");
+        }
+        assert!(row["lag_seconds"].as_i64().unwrap() >= lag, "{row:#}");
+        Ok(())
+    })();
+    signal(&child, "-TERM");
+    let _ = child.wait();
+    result.with_context(|| {
+        format!(
+            "dphost run log:\n{}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        )
+    })
+}
+
+/// A TAP API that allows one request a day: the collection that meets its
+/// 429 shows `rate-limited` (not `failing`), with the wait, in the status.
+#[test]
+fn status_shows_a_rate_limited_connector() -> Result<()> {
+    let sim = Sim::start(&["--seed", "5", "--rate", "60", "--rate-limit", "1"])?;
+    let ws = Workspace::new()?;
+    ws.write_config(&tap_connector(
+        "r",
+        "tenant-r",
+        &sim,
+        "initial_lookback_hours = 3",
+    ))?;
+    let run = ws.once()?;
+    assert!(run.rate_limited_secs.is_some(), "{}", run.text);
+    assert!(sim.stats()?["responses_429"].as_u64() >= Some(1));
+    let out = ws.dphost(&["status", "--format", "json"])?;
+    assert!(out.status.success(), "{}", text(&out));
+    let status: Value = serde_json::from_slice(&out.stdout)?;
+    let r = &status["connectors"][0];
+    assert_eq!(r["state"], "rate-limited", "{r:#}");
+    assert_eq!(r["last_outcome"], "rate-limited", "{r:#}");
+    let err = r["last_error"].as_str().unwrap_or_default();
+    assert!(err.contains("retries by itself at"), "{r:#}");
+    let table = ws.dphost(&["status"])?;
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("rate-limited"),
+        "{}",
+        text(&table)
+    );
+    Ok(())
+}
