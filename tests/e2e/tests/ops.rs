@@ -713,3 +713,147 @@ fn status_shows_a_rate_limited_connector() -> Result<()> {
     );
     Ok(())
 }
+
+/// A connector's data is kept under its name: across a restart, its tenant
+/// cannot change (`check` says so, `run` and `once` refuse to start); a new
+/// name starts afresh.
+#[test]
+fn a_restart_may_not_move_a_connector_to_another_tenant() -> Result<()> {
+    let sim = Sim::start(&["--seed", "3", "--rate", "60"])?;
+    let ws = Workspace::new()?;
+    let a = |tenant: &str| tap_connector("a", tenant, &sim, "initial_lookback_hours = 1");
+    ws.write_config(&a("tenant-a"))?;
+    let first = ws.once()?;
+    assert!(first.ok, "{}", first.text);
+
+    ws.write_config(&a("tenant-z"))?;
+    let cfg = std::fs::read_to_string(ws.config_path())?;
+    let line = cfg.lines().position(|l| l.starts_with("tenant")).unwrap() + 1;
+    let want = format!(
+        "line {line}: connector `a`: `tenant` is `tenant-z` here, but this connector's data has been kept under tenant `tenant-a` since "
+    );
+    let check = ws.dphost(&["check"])?;
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
+    assert!(
+        text(&check).contains(&want),
+        "{want} not in\n{}",
+        text(&check)
+    );
+    assert!(
+        text(&check).contains("give the connector a new name"),
+        "{}",
+        text(&check)
+    );
+    for (command, says) in [
+        ("run", "nothing was started"),
+        ("once", "nothing was collected"),
+    ] {
+        let out = ws.dphost(&[command])?;
+        assert_eq!(out.status.code(), Some(2), "{command}: {}", text(&out));
+        assert!(text(&out).contains(&want), "{command}: {}", text(&out));
+        assert!(text(&out).contains(says), "{command}: {}", text(&out));
+    }
+    assert!(
+        ws.search("syslog", "tenant_name:tenant-z")?.is_empty(),
+        "nothing was stored under the new tenant"
+    );
+    // Under a new name the other tenant starts afresh.
+    ws.write_config(&tap_connector(
+        "a2",
+        "tenant-z",
+        &sim,
+        "initial_lookback_hours = 1",
+    ))?;
+    let fresh = ws.once()?;
+    assert!(fresh.ok, "{}", fresh.text);
+    Ok(())
+}
+
+/// Reloads checked against the store as well as the previous file: a
+/// changed component is refused, and so is a connector removed and then
+/// added again with another tenant.
+#[test]
+fn a_reload_may_not_change_a_connector_component_or_tenant_even_via_removal() -> Result<()> {
+    let sim = Sim::start(&["--seed", "4", "--rate", "60"])?;
+    let ws = Workspace::new()?;
+    let a = |tenant: &str| {
+        tap_connector(
+            "a",
+            tenant,
+            &sim,
+            "interval_min = 60\ninitial_lookback_hours = 1",
+        )
+    };
+    let b = tap_connector(
+        "b",
+        "tenant-b",
+        &sim,
+        "interval_min = 60\ninitial_lookback_hours = 1",
+    );
+    ws.write_config(&format!("{}{b}", a("tenant-a")))?;
+    let log_path = ws.dir.path().join("run.log");
+    let mut child = Command::new(dphost_bin())
+        .args(["run", "--config"])
+        .arg(ws.config_path())
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path)?)
+        .spawn()?;
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let reloads = || log().matches("configuration reload").count();
+    let result = (|| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !log().contains("scheduler started") {
+            if Instant::now() > deadline {
+                bail!("the scheduler never started");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Writes `config`, sends SIGHUP, returns the log's new reload line.
+        let reload = |config: String| -> Result<String> {
+            let before = reloads();
+            ws.write_config(&config)?;
+            signal(&child, "-HUP");
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while reloads() == before {
+                if Instant::now() > deadline {
+                    bail!("the reload was not logged");
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            // The refusal spans several lines; take the rest of the log.
+            let log = log();
+            let at = log
+                .match_indices("configuration reload")
+                .nth(before)
+                .unwrap()
+                .0;
+            Ok(log[at..].to_string())
+        };
+        let said = reload(format!("{}{b}", a("tenant-a")).replace(
+            "component = \"proofpoint_tap\"",
+            "component = \"sandbox_probe\"",
+        ))?;
+        assert!(said.starts_with("configuration reload refused"), "{said}");
+        assert!(
+            said.contains("`component` cannot change from `proofpoint_tap` to `sandbox_probe`"),
+            "{said}"
+        );
+        let said = reload(b.clone())?;
+        assert!(said.starts_with("configuration reloaded"), "{said}");
+        let said = reload(format!("{}{b}", a("tenant-z")))?;
+        assert!(said.starts_with("configuration reload refused"), "{said}");
+        assert!(
+            said.contains("connector `a`: `tenant` is `tenant-z` here, but this connector's data has been kept under tenant `tenant-a`"),
+            "{said}"
+        );
+        assert!(said.contains("give the connector a new name"), "{said}");
+        // Back with its own tenant, it is welcome.
+        let said = reload(format!("{}{b}", a("tenant-a")))?;
+        assert!(said.starts_with("configuration reloaded"), "{said}");
+        Ok(())
+    })();
+    signal(&child, "-TERM");
+    let _ = child.wait();
+    result.with_context(|| format!("dphost run log:\n{}", log()))
+}
