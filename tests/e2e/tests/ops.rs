@@ -857,3 +857,72 @@ fn a_reload_may_not_change_a_connector_component_or_tenant_even_via_removal() ->
     let _ = child.wait();
     result.with_context(|| format!("dphost run log:\n{}", log()))
 }
+
+/// `dphost check` names the file, the line and what to do for an unknown
+/// component, an unknown content type (the component's own check), and an
+/// unknown key at the top level or in `[host]`.
+#[test]
+fn check_names_unknown_components_content_types_and_keys() -> Result<()> {
+    let sim = Sim::start(&["--rate", "0"])?;
+    let ws = Workspace::new()?;
+    let nope = tap_connector("a", "tenant-a", &sim, "")
+        .replace("component = \"proofpoint_tap\"", "component = \"nope\"");
+    let bogus = tap_connector(
+        "b",
+        "tenant-b",
+        &sim,
+        "content_types = [\"events\", \"bogus\"]",
+    );
+    ws.write_config(&format!("{nope}{bogus}"))?;
+    let cfg = std::fs::read_to_string(ws.config_path())?;
+    let line_of = |needle: &str| cfg.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    let check = ws.dphost(&["check"])?;
+    assert_eq!(check.status.code(), Some(1), "{}", text(&check));
+    let out = String::from_utf8_lossy(&check.stdout).to_string();
+    for (needle, says) in [
+        (
+            "component = \"nope\"",
+            "connector `a`: component `nope`: no component `nope` in ",
+        ),
+        ("content_types", "`content_types` in connector `b` must be"),
+    ] {
+        let want = format!("dphost.toml: line {}: {says}", line_of(needle));
+        assert!(
+            out.lines().any(|l| l.contains(&want)),
+            "`{want}` not in\n{out}"
+        );
+    }
+    assert!(
+        out.contains("found: proofpoint_tap, sandbox_probe"),
+        "{out}"
+    );
+    assert!(
+        out.contains("set `component` to one found there, or put nope.wasm in that folder"),
+        "{out}"
+    );
+    assert!(out.contains("`\"bogus\"` is not one of them"), "{out}");
+    assert!(out.contains("list of `events` and/or `threats`"), "{out}");
+
+    // Keys dphost does not know, before anything is loaded.
+    ws.write_config_with_host("data_dri = \"x\"", &tap_connector("c", "t", &sim, ""))?;
+    let check = ws.dphost(&["check"])?;
+    assert_eq!(check.status.code(), Some(2), "{}", text(&check));
+    let err = String::from_utf8_lossy(&check.stderr).to_string();
+    assert!(
+        err.contains("dphost.toml: line 4: unknown key `data_dri` in [host]: remove it or fix its spelling (expected one of `data_dir`"),
+        "{err}"
+    );
+    let body = std::fs::read_to_string(ws.config_path())?;
+    std::fs::write(
+        ws.config_path(),
+        format!("# dphost\nconectors = []\n{body}"),
+    )?;
+    let check = ws.dphost(&["check"])?;
+    assert_eq!(check.status.code(), Some(2), "{}", text(&check));
+    let err = String::from_utf8_lossy(&check.stderr).to_string();
+    assert!(
+        err.contains("dphost.toml: line 2: unknown key `conectors` at the top level: remove it or fix its spelling (expected one of `host`, `connector`, `output`, `ad`)"),
+        "{err}"
+    );
+    Ok(())
+}
