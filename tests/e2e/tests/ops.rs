@@ -912,6 +912,7 @@ fn check_names_unknown_components_content_types_and_keys() -> Result<()> {
         err.contains("dphost.toml: line 4: unknown key `data_dri` in [host]: remove it or fix its spelling (expected one of `data_dir`"),
         "{err}"
     );
+    ws.write_config(&tap_connector("c", "t", &sim, ""))?;
     let body = std::fs::read_to_string(ws.config_path())?;
     std::fs::write(
         ws.config_path(),
