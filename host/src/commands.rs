@@ -30,7 +30,13 @@ pub async fn run(config_path: &Path, admin: Option<AdminOptions>) -> Result<Exit
     }
     let runtime = Arc::new(Runtime::new(&config)?);
     // Nothing runs until the whole configuration is valid.
-    let problems = validate::problems(&config, &runtime).await;
+    let mut problems = validate::problems(&config, &runtime).await;
+    if problems.is_empty() {
+        problems = validate::identity_problems(&config, &runtime.store, true)?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+    }
     if !problems.is_empty() {
         bail!(
             "{}\nnothing was started: fix these (`dphost check` lists them) and start again",
@@ -55,6 +61,18 @@ pub async fn once(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
         bail!("{} configures no [[connector]]", config_path.display());
     }
     let runtime = Arc::new(Runtime::new(&config)?);
+    // Every configured connector, not only the selected ones: the names are
+    // claimed together or not at all.
+    let problems: Vec<String> = validate::identity_problems(&config, &runtime.store, true)?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    if !problems.is_empty() {
+        bail!(
+            "{}\nnothing was collected: fix these and start again",
+            validate::report(&config, &problems)
+        );
+    }
     let permits = Arc::new(crate::slots::RunSlots::new(&config.host));
     // Progress bars draw only on a terminal; in scripts and CI they are hidden.
     let bars = indicatif::MultiProgress::new();
@@ -198,8 +216,16 @@ pub async fn check(config_path: &Path) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
     let runtime = Runtime::new(&config)?;
     let mut bad = 0;
+    // Read only: `check` records no identity.
+    let identity = validate::identity_problems(&config, &runtime.store, false)?;
     for c in &config.connectors {
-        let problems = validate::connector_problems(&config, &runtime, c).await;
+        let mut problems = validate::connector_problems(&config, &runtime, c).await;
+        problems.extend(
+            identity
+                .iter()
+                .filter(|(name, _)| *name == c.name)
+                .map(|(_, p)| p.clone()),
+        );
         if problems.is_empty() {
             println!("{}: ok", c.name);
         } else {

@@ -316,8 +316,7 @@ impl Config {
 
     /// Parses configuration text; `path` anchors relative paths.
     pub fn parse(text: &str, path: &Path) -> Result<Config> {
-        let raw: RawFile = toml::from_str(text)
-            .with_context(|| format!("{} is not a valid dphost configuration", path.display()))?;
+        let raw: RawFile = toml::from_str(text).map_err(|e| toml_error(path, text, &e))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let mut host = raw.host.unwrap_or_default();
         host.data_dir = anchor(&base, &host.data_dir);
@@ -449,6 +448,44 @@ impl Config {
                     }
                 )
             })
+    }
+}
+
+/// A TOML error as one operator sentence: file, line, column, what is wrong
+/// and what to do. Never the error's `Display`: it quotes the offending
+/// line, which may hold a secret (`secret = S3cr3t` without quotes, a bad
+/// escape in it, the key given twice).
+fn toml_error(path: &Path, text: &str, e: &toml::de::Error) -> anyhow::Error {
+    let file = path.display();
+    let Some(span) = e.span() else {
+        return anyhow::anyhow!(
+            "{file} is not a valid dphost configuration: {}: fix it (README, \"Configuration\")",
+            e.message()
+        );
+    };
+    let (line, column) = crate::config_lines::line_col(text, span.start);
+    let message = e.message().trim().replace('\n', "; ");
+    if toml::de::DeTable::parse(text).is_err() {
+        return anyhow::anyhow!(
+            "{file}: line {line}, column {column}: not valid TOML: {message}: fix that line (strings are quoted: secret = \"...\"; each key once per table); the line is not shown because it may hold a secret"
+        );
+    }
+    // Valid TOML with a key or value dphost does not take (`[host]` and the
+    // top level are fixed; [[connector]] keys are checked later).
+    let table = KeyLines::of(text)
+        .path_on(line)
+        .and_then(|p| p.rsplit_once('.').map(|(t, _)| t.to_string()))
+        .map(|t| format!(" in [{t}]"))
+        .unwrap_or_else(|| " at the top level".into());
+    match message.strip_prefix("unknown field ") {
+        Some(rest) => anyhow::anyhow!(
+            "{file}: line {line}: unknown key {}{table}: remove it or fix its spelling (expected {})",
+            rest.split(',').next().unwrap_or(rest),
+            rest.split_once(", expected ").map_or("see README", |(_, x)| x)
+        ),
+        None => anyhow::anyhow!(
+            "{file}: line {line}, column {column}: {message}{table}: fix that value"
+        ),
     }
 }
 
@@ -1260,6 +1297,69 @@ mod tests {
         let err = format!("{:#}", parse(&text).unwrap_err());
         assert!(err.contains(&format!("line {header}: ")), "{err}");
         assert!(err.contains("`tenant` is required"), "{err}");
+    }
+
+    /// Every broken line below holds the secret; the error names its line
+    /// and never shows it.
+    #[test]
+    fn toml_errors_name_the_line_and_never_quote_it() {
+        const S: &str = "Zq9-SECRET-on-the-broken-line";
+        let secret_line = |text: &str| text.lines().position(|l| l.contains(S)).unwrap() + 1;
+        for (what, text) in [
+            (
+                "unquoted",
+                GOOD.replace("secret = \"s3cret\"", &format!("secret = {S}")),
+            ),
+            (
+                "bad escape",
+                GOOD.replace("secret = \"s3cret\"", &format!("secret = \"{S}\\q\"")),
+            ),
+            (
+                "duplicate key",
+                GOOD.replace(
+                    "secret = \"s3cret\"",
+                    &format!("secret = \"x\"\n        secret = \"{S}\""),
+                ),
+            ),
+            (
+                "unclosed",
+                GOOD.replace("secret = \"s3cret\"", &format!("secret = \"{S}")),
+            ),
+        ] {
+            let err = format!("{:#}", parse(&text).unwrap_err());
+            assert!(!err.contains(S), "{what}: the secret is shown: {err}");
+            let want = format!(
+                "/etc/dphost/dphost.toml: line {}, column ",
+                secret_line(&text)
+            );
+            assert!(err.contains(&want), "{what}: no `{want}` in: {err}");
+            assert!(err.contains("not valid TOML"), "{what}: {err}");
+            assert!(err.contains("fix that line"), "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_top_level_and_host_keys_name_their_line() {
+        let text = GOOD.replace(
+            "data_dir = \"data\"",
+            "data_dir = \"data\"\n        data_dri = \"x\"",
+        );
+        let err = format!("{:#}", parse(&text).unwrap_err());
+        assert!(
+            err.contains("/etc/dphost/dphost.toml: line 4: unknown key `data_dri` in [host]: remove it or fix its spelling (expected"),
+            "{err}"
+        );
+        assert!(err.contains("`components_dir`"), "{err}");
+        let text = format!("connectors = 1\n{GOOD}");
+        let err = format!("{:#}", parse(&text).unwrap_err());
+        assert!(
+            err.contains("dphost.toml: line 1: unknown key `connectors` at the top level: remove it or fix its spelling (expected one of `host`, `connector`"),
+            "{err}"
+        );
+        let text = GOOD.replace("data_dir = \"data\"", "max_concurrent_runs = \"many\"");
+        let err = format!("{:#}", parse(&text).unwrap_err());
+        assert!(err.contains("dphost.toml: line 3, column "), "{err}");
+        assert!(err.contains("in [host]: fix that value"), "{err}");
     }
 
     #[test]

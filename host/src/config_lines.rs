@@ -51,6 +51,15 @@ impl KeyLines {
             .unwrap_or_default()
     }
 
+    /// The deepest key path written on `line` (e.g. `host.foo`), if any.
+    pub fn path_on(&self, line: usize) -> Option<&str> {
+        self.lines
+            .iter()
+            .filter(|(_, l)| **l == line)
+            .map(|(p, _)| p.as_str())
+            .max_by_key(|p| (p.matches('.').count(), p.len()))
+    }
+
     fn walk_table(&mut self, prefix: &str, table: &DeTable<'_>, starts: &LineStarts) {
         for (key, value) in table {
             let path = join(prefix, key.get_ref());
@@ -77,6 +86,20 @@ impl KeyLines {
             _ => {}
         }
     }
+}
+
+/// The 1-based line and column (in characters) of byte `offset` in `text`.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
 }
 
 fn join(prefix: &str, key: &str) -> String {
@@ -135,6 +158,20 @@ drop = \"x\"
         assert_eq!(k.nearest("connector.1.tenant"), k.line("connector.1"));
         assert!(k.line("connector.1").is_some());
         assert_eq!(k.at("nowhere"), "");
+    }
+
+    #[test]
+    fn line_col_counts_characters_from_one() {
+        let text = "a = 1\nnamé = 2\n";
+        assert_eq!(line_col(text, 0), (1, 1));
+        assert_eq!(line_col(text, 6), (2, 1));
+        // After the two-byte `é`: column 5, not 6.
+        assert_eq!(line_col(text, text.find(" = 2").unwrap()), (2, 5));
+        assert_eq!(line_col(text, 999), (3, 1));
+        let k = KeyLines::of("[host]\nfoo = 1\n[[connector]]\nname = \"a\"\n");
+        assert_eq!(k.path_on(2), Some("host.foo"));
+        assert_eq!(k.path_on(4), Some("connector.0.name"));
+        assert_eq!(k.path_on(9), None);
     }
 
     #[test]

@@ -310,6 +310,9 @@ impl Metrics {
                 .get_or_create(&labels)
                 .set(o.lag_ms.unwrap_or(0) as f64 / 1000.0);
         }
+        // A pool without requests in the window has no row: cleared first,
+        // it drops out instead of keeping its last value.
+        self.budget_used.clear();
         for (pool, used) in store.budget_used(now_ms - 86_400_000)? {
             self.budget_used
                 .get_or_create(&PoolLabels { pool })
@@ -323,3 +326,38 @@ impl Metrics {
 
 /// The content type of `render`'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pool_idle_for_a_day_leaves_the_budget_gauge() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let config = Config::parse("", std::path::Path::new("/etc/dphost/dphost.toml")).unwrap();
+        let day = 86_400_000;
+        let t = 1_764_324_000_000;
+        for at in [t, t + 1_000] {
+            store.budget_take("busy", 100, day, at).unwrap().unwrap();
+        }
+        store.budget_take("idle", 100, day, t).unwrap().unwrap();
+        let m = Metrics::new();
+        let text = m.render(&config, &store, t + 2_000).unwrap();
+        assert!(
+            text.contains("dphost_request_budget_used{pool=\"busy\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dphost_request_budget_used{pool=\"idle\"} 1\n"),
+            "{text}"
+        );
+        // A day later only the second "busy" request is in the window.
+        let text = m.render(&config, &store, t + day + 500).unwrap();
+        assert!(
+            text.contains("dphost_request_budget_used{pool=\"busy\"} 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("pool=\"idle\""), "{text}");
+    }
+}

@@ -171,7 +171,15 @@ async fn reload(host: &Host) -> Result<Arc<Config>> {
     let old = host.config();
     let new = Config::load(&old.path)?;
     check_reload(&old, &new, host.runtime.max_memory_mib())?;
-    let problems = crate::validate::problems(&new, &host.runtime).await;
+    let mut problems = crate::validate::problems(&new, &host.runtime).await;
+    if problems.is_empty() {
+        // Against the store, not only the previous file: a connector removed
+        // and added again, or changed across a restart, is caught too.
+        problems = crate::validate::identity_problems(&new, &host.runtime.store, true)?
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect();
+    }
     if !problems.is_empty() {
         bail!("{}", crate::validate::report(&new, &problems));
     }

@@ -9,7 +9,7 @@
 use crate::config::{Config, ConnectorConfig};
 use crate::forward::OutputStatus;
 use crate::response::outbox::ConnectorActions;
-use crate::store::{Index, RunRecord, Store};
+use crate::store::{Index, Store};
 use crate::table::Columns;
 use anyhow::Result;
 use serde::Serialize;
@@ -74,14 +74,12 @@ pub fn all(config: &Config, store: &Store, now_ms: i64) -> Result<Vec<ConnectorS
 }
 
 pub fn one(c: &ConnectorConfig, store: &Store, now_ms: i64) -> Result<ConnectorStatus> {
-    let runs = store.recent_runs(&c.name, 50)?;
-    let newest = |op: &str| runs.iter().find(|r: &&RunRecord| r.operation == op);
-    let last_collect = newest("collect");
-    let last_test = newest("test-connection");
+    // Each looked up on its own: any number of connection tests may follow
+    // the last collection.
+    let last_collect = store.newest_run(&c.name, &["collect"])?;
+    let last_test = store.newest_run(&c.name, &["test-connection"])?;
     // The newest of the two decides the state.
-    let decisive = runs
-        .iter()
-        .find(|r| r.operation == "collect" || r.operation == "test-connection");
+    let decisive = store.newest_run(&c.name, &["collect", "test-connection"])?;
     let last_ok = store.last_ok_collect(&c.name)?;
     let summary: serde_json::Value = last_ok
         .as_ref()
@@ -91,7 +89,7 @@ pub fn one(c: &ConnectorConfig, store: &Store, now_ms: i64) -> Result<ConnectorS
     let state = if !c.enabled {
         "disabled"
     } else {
-        match decisive.map(|r| r.outcome.as_str()) {
+        match decisive.as_ref().map(|r| r.outcome.as_str()) {
             None => "never-run",
             Some("ok") => "ok",
             Some("rate-limited") => "rate-limited",
@@ -113,13 +111,13 @@ pub fn one(c: &ConnectorConfig, store: &Store, now_ms: i64) -> Result<ConnectorS
         tenant: c.tenant.clone(),
         component: c.component.clone(),
         state,
-        last_run_start: last_collect.map(|r| fmt_ms(r.started_ms)),
-        last_run_end: last_collect.map(|r| fmt_ms(r.ended_ms)),
-        last_outcome: last_collect.map(|r| r.outcome.clone()),
-        last_error: decisive.and_then(|r| r.error.clone()),
+        last_run_start: last_collect.as_ref().map(|r| fmt_ms(r.started_ms)),
+        last_run_end: last_collect.as_ref().map(|r| fmt_ms(r.ended_ms)),
+        last_outcome: last_collect.map(|r| r.outcome),
+        last_error: decisive.as_ref().and_then(|r| r.error.clone()),
         last_success: last_ok.as_ref().map(|r| fmt_ms(r.ended_ms)),
-        last_test: last_test.map(|r| fmt_ms(r.ended_ms)),
-        last_test_outcome: last_test.map(|r| r.outcome.clone()),
+        last_test: last_test.as_ref().map(|r| fmt_ms(r.ended_ms)),
+        last_test_outcome: last_test.map(|r| r.outcome),
         records: store.count(Index::Syslog, Some(&c.name))?,
         alerts: store.count(Index::Alerts, Some(&c.name))?,
         quarantined: store.count(Index::Quarantine, Some(&c.name))?,
@@ -261,4 +259,58 @@ pub fn fmt_ms(ms: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| ms.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RunRecord;
+
+    fn run(operation: &str, at_ms: i64, outcome: &str, error: Option<&str>) -> RunRecord {
+        RunRecord {
+            connector: "a".into(),
+            tenant: "acme".into(),
+            operation: operation.into(),
+            started_ms: at_ms,
+            ended_ms: at_ms + 1_000,
+            outcome: outcome.into(),
+            summary: None,
+            error: error.map(str::to_string),
+        }
+    }
+
+    /// 60 connection tests after a failed collection: the collection is
+    /// still the last run, the newest test decides the state.
+    #[test]
+    fn the_last_collection_survives_many_connection_tests() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let config = Config::parse(
+            "[[connector]]\nname = \"a\"\ntenant = \"acme\"\ncomponent = \"proofpoint_tap\"\nhost_url = \"http://127.0.0.1:9\"\n",
+            std::path::Path::new("/etc/dphost/dphost.toml"),
+        )
+        .unwrap();
+        let collect_at = 1_764_324_000_000;
+        store
+            .record_run(&run("collect", collect_at, "failed", Some("HTTP 401")))
+            .unwrap();
+        for i in 0..60 {
+            store
+                .record_run(&run(
+                    "test-connection",
+                    collect_at + 60_000 * (i + 1),
+                    "ok",
+                    None,
+                ))
+                .unwrap();
+        }
+        let s = one(&config.connectors[0], &store, collect_at + 3_600_000 * 2).unwrap();
+        assert_eq!(s.last_outcome.as_deref(), Some("failed"));
+        assert_eq!(s.last_run_start, Some(fmt_ms(collect_at)));
+        assert_eq!(s.last_run_end, Some(fmt_ms(collect_at + 1_000)));
+        assert_eq!(s.state, "ok");
+        assert_eq!(s.last_error, None);
+        assert_eq!(s.last_test_outcome.as_deref(), Some("ok"));
+        assert_eq!(s.last_test, Some(fmt_ms(collect_at + 60_000 * 60 + 1_000)));
+    }
 }

@@ -221,6 +221,16 @@ CREATE TABLE IF NOT EXISTS schedule (
     connector   TEXT PRIMARY KEY,
     next_run_ms INTEGER NOT NULL
 );
+
+-- Who each connector name belongs to: its data is kept under the name, so
+-- its tenant and component may never change (see `claim_identities`).
+-- `component` is NULL when taken over from a store older than the table.
+CREATE TABLE IF NOT EXISTS connector_identity (
+    connector TEXT PRIMARY KEY,
+    tenant    TEXT NOT NULL,
+    component TEXT,
+    since_ms  INTEGER NOT NULL
+) WITHOUT ROWID;
 "#;
 
 /// A `runs` row selected as connector, tenant, operation, started_ms,
@@ -243,7 +253,8 @@ const RUNS_KEPT: i64 = 200;
 
 /// The schema version this build writes; bumped with every migration.
 /// 2: `records.change_seq` and the forwarding cursors (`migrate_forwarding`).
-const SCHEMA_VERSION: i64 = 2;
+/// 3: `connector_identity`, filled from the records already stored.
+const SCHEMA_VERSION: i64 = 3;
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -284,6 +295,17 @@ impl Store {
             .with_context(|| format!("cannot create the schema in {}", path.display()))?;
         migrate_forwarding(&tx)
             .with_context(|| format!("cannot add the forwarding schema to {}", path.display()))?;
+        if version < 3 {
+            // Connectors that already hold data keep the tenant of their
+            // oldest record; their component is learnt at the next start.
+            tx.execute_batch(
+                "INSERT OR IGNORE INTO connector_identity (connector, tenant, component, since_ms)
+                 SELECT connector, tenant, NULL, min(written_ms) FROM records GROUP BY connector",
+            )
+            .with_context(|| {
+                format!("cannot add the connector identities to {}", path.display())
+            })?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         let reader = open_connection(&path)?;
@@ -488,15 +510,25 @@ impl Store {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// The most recent runs of `connector`, newest first.
-    pub fn recent_runs(&self, connector: &str, limit: usize) -> Result<Vec<RunRecord>> {
+    /// The newest run of `connector` whose operation is one of `operations`,
+    /// however many runs of other operations came after it.
+    pub fn newest_run(&self, connector: &str, operations: &[&str]) -> Result<Option<RunRecord>> {
+        use rusqlite::types::Value as Sql;
         let conn = self.reader.lock().expect("store reader poisoned");
-        let mut stmt = conn.prepare_cached(
+        let placeholders: Vec<String> = (0..operations.len())
+            .map(|i| format!("?{}", i + 2))
+            .collect();
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT connector, tenant, operation, started_ms, ended_ms, outcome, summary, error
-             FROM runs WHERE connector = ?1 ORDER BY id DESC LIMIT ?2",
-        )?;
-        let rows = stmt.query_map(params![connector, limit as i64], run_from_row)?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+             FROM runs WHERE connector = ?1 AND operation IN ({})
+             ORDER BY id DESC LIMIT 1",
+            placeholders.join(", ")
+        ))?;
+        let values = std::iter::once(Sql::Text(connector.to_string()))
+            .chain(operations.iter().map(|o| Sql::Text(o.to_string())));
+        Ok(stmt
+            .query_row(rusqlite::params_from_iter(values), run_from_row)
+            .optional()?)
     }
 
     /// Streams the records of `index` that pass `filter`, in commit order.
@@ -639,6 +671,95 @@ impl Store {
             )?,
         };
         Ok(n as u64)
+    }
+}
+
+/// Who a connector name belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub connector: String,
+    pub tenant: String,
+    pub component: String,
+}
+
+/// A configured connector whose tenant or component differs from the one
+/// its data is kept under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityConflict {
+    pub connector: String,
+    /// `tenant` or `component`.
+    pub key: &'static str,
+    pub kept: String,
+    pub configured: String,
+    pub since_ms: i64,
+}
+
+impl Store {
+    /// Compares each configured connector with the identity the store keeps
+    /// for its name. With `claim`, and only if nothing conflicts, names not
+    /// seen before are recorded (and a component unknown since the upgrade
+    /// is filled in), in one transaction, so two processes starting at once
+    /// cannot record different identities.
+    pub fn check_identities(
+        &self,
+        wanted: &[Identity],
+        claim: bool,
+    ) -> Result<Vec<IdentityConflict>> {
+        let mut conn = self.writer.lock().expect("store writer poisoned");
+        let tx = if claim {
+            conn.transaction_with_behavior(TransactionBehavior::Immediate)?
+        } else {
+            conn.transaction_with_behavior(TransactionBehavior::Deferred)?
+        };
+        let mut conflicts = Vec::new();
+        let mut missing = Vec::new();
+        {
+            let mut get = tx.prepare_cached(
+                "SELECT tenant, component, since_ms FROM connector_identity WHERE connector = ?1",
+            )?;
+            for w in wanted {
+                let kept: Option<(String, Option<String>, i64)> = get
+                    .query_row(params![w.connector], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                    })
+                    .optional()?;
+                let Some((tenant, component, since_ms)) = kept else {
+                    missing.push(w);
+                    continue;
+                };
+                let mut conflict = |key, kept: &str, configured: &str| {
+                    if kept != configured {
+                        conflicts.push(IdentityConflict {
+                            connector: w.connector.clone(),
+                            key,
+                            kept: kept.to_string(),
+                            configured: configured.to_string(),
+                            since_ms,
+                        });
+                    }
+                };
+                conflict("tenant", &tenant, &w.tenant);
+                match &component {
+                    Some(c) => conflict("component", c, &w.component),
+                    None => missing.push(w),
+                }
+            }
+        }
+        if claim && conflicts.is_empty() {
+            let now = now_ms();
+            let mut put = tx.prepare_cached(
+                "INSERT INTO connector_identity (connector, tenant, component, since_ms)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (connector) DO UPDATE SET component = excluded.component
+                 WHERE connector_identity.component IS NULL",
+            )?;
+            for w in missing {
+                put.execute(params![w.connector, w.tenant, w.component, now])?;
+            }
+            drop(put);
+            tx.commit().context("recording the connector identities")?;
+        }
+        Ok(conflicts)
     }
 }
 
@@ -1146,6 +1267,101 @@ mod tests {
             .collect();
         assert_eq!(got, vec![("old".to_string(), 1), ("new".to_string(), 2)]);
     }
+    fn identity(connector: &str, tenant: &str, component: &str) -> Identity {
+        Identity {
+            connector: connector.into(),
+            tenant: tenant.into(),
+            component: component.into(),
+        }
+    }
+
+    #[test]
+    fn a_connector_name_keeps_its_tenant_and_component() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = identity("a", "acme", "proofpoint_tap");
+        // Checking does not record anything; claiming does.
+        assert!(store
+            .check_identities(std::slice::from_ref(&a), false)
+            .unwrap()
+            .is_empty());
+        let other = identity("a", "globex", "proofpoint_tap");
+        assert!(store
+            .check_identities(std::slice::from_ref(&other), true)
+            .unwrap()
+            .is_empty());
+        let conflicts = store
+            .check_identities(std::slice::from_ref(&a), true)
+            .unwrap();
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        assert_eq!(
+            (
+                conflicts[0].key,
+                conflicts[0].kept.as_str(),
+                conflicts[0].configured.as_str()
+            ),
+            ("tenant", "globex", "acme")
+        );
+        // A conflict claims nothing else: `b` stays unknown.
+        let b = identity("b", "initech", "proofpoint_tap");
+        assert_eq!(
+            store.check_identities(&[a, b.clone()], true).unwrap().len(),
+            1
+        );
+        let b_elsewhere = identity("b", "umbrella", "proofpoint_tap");
+        assert!(store
+            .check_identities(&[b_elsewhere], false)
+            .unwrap()
+            .is_empty());
+        // Reopened (a restart), the identity is still there.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let conflicts = store
+            .check_identities(&[identity("a", "globex", "sandbox_probe")], true)
+            .unwrap();
+        assert_eq!(conflicts.len(), 1);
+        assert_eq!(conflicts[0].key, "component");
+        assert!(store.check_identities(&[other], true).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_version_2_store_takes_identities_from_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            store
+                .commit(
+                    &owner(),
+                    &Batch {
+                        records: vec![rec("x", "{}", WriteMode::Insert)],
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            store
+                .write_tx(|tx| {
+                    tx.execute_batch("DELETE FROM connector_identity; PRAGMA user_version = 2;")?;
+                    Ok(())
+                })
+                .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let moved = store
+            .check_identities(&[identity("c1", "t2", "proofpoint_tap")], true)
+            .unwrap();
+        assert_eq!(moved.len(), 1, "c1's records are tenant t1's");
+        assert_eq!(moved[0].kept, "t1");
+        // The first start after the upgrade records the component.
+        assert!(store
+            .check_identities(&[identity("c1", "t1", "proofpoint_tap")], true)
+            .unwrap()
+            .is_empty());
+        let changed = store
+            .check_identities(&[identity("c1", "t1", "other")], true)
+            .unwrap();
+        assert_eq!(changed[0].key, "component");
+    }
+
     /// `dphost run` and `dphost search` may open a store that does not exist
     /// yet at the same moment; CI once failed a search with "database is
     /// locked" (SQLite's switch to WAL does not wait for a busy handler).

@@ -9,6 +9,7 @@
 use crate::bindings::ConnectorError;
 use crate::config::{Config, ConnectorConfig};
 use crate::runtime::{Failure, Operation, Runtime};
+use crate::store::{Identity, Store};
 
 /// Every problem of every connector, each as one line for an operator.
 /// Empty means the configuration may run.
@@ -51,6 +52,45 @@ fn named_key<'p>(config: &Config, c: &ConnectorConfig, problem: &'p str) -> &'p 
         .step_by(2)
         .find(|word| !word.is_empty() && config.key_line(&c.name, word).is_some())
         .unwrap_or("")
+}
+
+/// Connectors whose `tenant` or `component` differs from what the store
+/// keeps their data under (the guard holds across restarts and across a
+/// connector removed and added again). With `claim`, and if none differ,
+/// new names are recorded as theirs. Each problem with its connector's name.
+pub fn identity_problems(
+    config: &Config,
+    store: &Store,
+    claim: bool,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let wanted: Vec<Identity> = config
+        .connectors
+        .iter()
+        .map(|c| Identity {
+            connector: c.name.clone(),
+            tenant: c.tenant.clone(),
+            component: c.component.clone(),
+        })
+        .collect();
+    Ok(store
+        .check_identities(&wanted, claim)?
+        .into_iter()
+        .map(|x| {
+            let problem = format!(
+                "{}connector `{}`: `{}` is `{}` here, but this connector's data has been kept under {} `{}` since {}: a connector's tenant and component cannot change; restore `{} = \"{}\"`, or give the connector a new name (it then starts afresh)",
+                config.at(&x.connector, x.key),
+                x.connector,
+                x.key,
+                x.configured,
+                x.key,
+                x.kept,
+                crate::status::fmt_ms(x.since_ms),
+                x.key,
+                x.kept
+            );
+            (x.connector, problem)
+        })
+        .collect())
 }
 
 /// Formats problems the way `Config::load` does, for one error message.

@@ -72,8 +72,7 @@ impl SyslogSender {
         let mut frames = Vec::with_capacity(batch.len() * 1024);
         for r in batch {
             let msg = format_message(r, self.cfg.facility, &self.hostname, &self.procid);
-            frames.extend_from_slice(format!("{} ", msg.len()).as_bytes());
-            frames.extend_from_slice(msg.as_bytes());
+            frame(&msg, &mut frames);
         }
         if let Some(conn) = &mut self.conn {
             // A receiver restarted since the last batch closed this
@@ -325,6 +324,14 @@ pub fn format_message(r: &ForwardRecord, facility: u8, hostname: &str, procid: &
     )
 }
 
+/// Appends `msg` with octet-counting framing (RFC 6587 3.4.1):
+/// `MSG-LEN SP SYSLOG-MSG`, where MSG-LEN counts bytes, not characters.
+pub fn frame(msg: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(msg.len().to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(msg.as_bytes());
+}
+
 /// PARAM-VALUE escaping (RFC 5424 6.3.3): `"`, `\` and `]`.
 fn sd_escape(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
@@ -368,6 +375,34 @@ mod tests {
             m,
             r#"<134>1 2025-11-28T10:00:00.123Z host1 dphost 77 proofpoint_tap_event [dphost@32473 tenant="acme" connector="acme-tap" index="syslog" id="clk\"1\]" change="42"] {"msg_class":"proofpoint_tap_event","timestamp":1764324000123}"#
         );
+    }
+
+    #[test]
+    fn frames_count_bytes() {
+        let mut out = Vec::new();
+        frame("<134>1 - - dphost 1 - - {}", &mut out);
+        assert_eq!(out, b"26 <134>1 - - dphost 1 - - {}");
+        // Frames follow each other with nothing between them.
+        frame("x", &mut out);
+        assert_eq!(out, b"26 <134>1 - - dphost 1 - - {}1 x");
+
+        // `ü` and `ß` are 2 bytes in UTF-8, `€` is 3: 10 characters, 14 bytes.
+        let mut out = Vec::new();
+        frame("Grüße, 5 €", &mut out);
+        assert_eq!(out, b"14 Gr\xc3\xbc\xc3\x9fe, 5 \xe2\x82\xac");
+        let mut out = Vec::new();
+        frame("", &mut out);
+        assert_eq!(out, b"0 ");
+
+        // A whole message with a non-ASCII body.
+        let body = r#"{"msg_class":"proofpoint_tap_event","timestamp":0,"subject":"Grüße"}"#;
+        let msg = format_message(&rec(Index::Syslog, body), 16, "h", "1");
+        let mut out = Vec::new();
+        frame(&msg, &mut out);
+        let (count, rest) = out.split_at(out.iter().position(|b| *b == b' ').unwrap());
+        assert_eq!(std::str::from_utf8(count).unwrap(), msg.len().to_string());
+        assert_eq!(&rest[1..], msg.as_bytes());
+        assert_ne!(msg.len(), msg.chars().count());
     }
 
     #[test]

@@ -170,7 +170,7 @@ impl ComponentSet {
                 }
                 let known = self.known_names();
                 anyhow::bail!(
-                    "no component `{name}` in {} (found: {}); `make build` puts proofpoint_tap.wasm there",
+                    "no component `{name}` in {} (found: {}): set `component` to one found there, or put {name}.wasm in that folder (`make build` builds proofpoint_tap.wasm)",
                     self.dir.display(),
                     if known.is_empty() {
                         "none".into()
