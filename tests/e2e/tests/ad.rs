@@ -597,3 +597,63 @@ fn dphost_run_performs_queued_actions_as_they_come() -> Result<()> {
     assert_eq!(dc.uac("lena"), 0x202);
     Ok(())
 }
+
+#[test]
+fn response_policy_problems_name_their_file_and_line_in_dphost_check() -> Result<()> {
+    // No DC needed: the configuration is refused before anything runs.
+    let ws = Workspace::new()?;
+    std::fs::write(ws.dir.path().join("ca.pem"), "x")?;
+    let config = "\
+[host]
+data_dir = \"data\"
+components_dir = \"components\"
+
+[[ad]]
+name = \"corp\"
+url = \"ldaps://127.0.0.1:636\"
+bind_dn = \"svc@corp.test\"
+password_env = \"AD_PW\"
+base_dn = \"DC=corp,DC=test\"
+ca_file = \"ca.pem\"
+
+[[connector]]
+name = \"acme-tap\"
+tenant = \"acme\"
+component = \"proofpoint_tap\"
+host_url = \"https://tap-api-v2.proofpoint.com\"
+principal = \"p\"
+secret = \"s\"
+[connector.response.disable_user]
+enabled = true
+on = [\"clickDelivered\"]
+bogus = 1
+[connector.response.quarantine]
+enabled = true
+";
+    std::fs::write(ws.config_path(), config)?;
+    let line = |needle: &str| config.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
+    let out = ws.dphost(&["check"])?;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&ws.config_path().display().to_string()),
+        "{err}"
+    );
+    for want in [
+        format!(
+            "line {}: connector `acme-tap`: response.disable_user is enabled but names no AD target",
+            line("enabled = true")
+        ),
+        format!(
+            "line {}: connector `acme-tap`: unknown key `response.disable_user.bogus`",
+            line("bogus")
+        ),
+        format!(
+            "line {}: connector `acme-tap`: unknown response action `response.quarantine`",
+            line("[connector.response.quarantine]")
+        ),
+    ] {
+        assert!(err.contains(&want), "{want}: {err}");
+    }
+    Ok(())
+}
