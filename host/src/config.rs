@@ -649,6 +649,7 @@ impl ConnectorConfig {
         let response = crate::response::config::DisableUserPolicy::from_toml(
             table.get("response"),
             &label,
+            at,
             &mut problems,
         );
 

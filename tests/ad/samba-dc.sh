@@ -91,6 +91,10 @@ printf 'subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:dc1.corp.test\nextendedKey
 openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
   -days 2 -extfile "$tls/ext.cnf" -out "$tls/cert.pem" >>"$log" 2>&1
 chmod 600 "$tls/key.pem"
+# A CA that did not sign the DC's certificate: a wrong `ca_file` must fail.
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=dphost other CA" \
+  -keyout "$tls/other-ca.key" -out "$tls/other-ca.pem" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" >>"$log" 2>&1
 
 # Only LDAP, only loopback, logs and pid in DIR; no DNS forwarder (the
 # provisioned one points off this machine).
@@ -111,13 +115,25 @@ sed -i "/^\[global\]/a\\
 H=(-H "$dir/private/sam.ldb" --configfile="$conf")
 user() { samba-tool user create "$@" "${H[@]}" >>"$log" 2>&1; }
 user svc-dphost "$SVC_PASS"
-for u in alice carol dan henry ivan erin dave frank grace kim lena; do
+for u in alice carol dan henry ivan erin dave frank grace kim lena \
+    nick omar pat pia quinn rita sven tess uma vera wanda yuri; do
   user "$u" "$USER_PASS" --mail-address="$u.mail@corp.test"
 done
 # bob has only a UPN (bob@corp.test), no mail.
 user bob "$USER_PASS"
-# alice also has DONT_EXPIRE_PASSWORD (0x10000): other bits must survive.
+# alice and wanda also have DONT_EXPIRE_PASSWORD (0x10000): other bits must
+# survive disabling and re-enabling.
 samba-tool user setexpiry alice --noexpiry "${H[@]}" >>"$log" 2>&1
+samba-tool user setexpiry wanda --noexpiry "${H[@]}" >>"$log" 2>&1
+# xena lives in OU=Staff, a base_dn that does not hold the bind account.
+samba-tool ou create "OU=Staff" "${H[@]}" >>"$log" 2>&1
+user xena "$USER_PASS" --mail-address=xena.mail@corp.test --userou=OU=Staff
+# The bind account may not write yuri's userAccountControl (the DC refuses
+# with result 50), as with an OU where the right was not delegated.
+svc_sid=$(samba-tool user show svc-dphost "${H[@]}" 2>>"$log" | sed -n 's/^objectSid: //p')
+[[ -n "$svc_sid" ]] || { echo "samba-dc.sh: cannot read svc-dphost's SID" >&2; exit 1; }
+samba-tool dsacl set "${H[@]}" --objectdn="CN=yuri,CN=Users,$BASE_DN" \
+  --sddl="(OD;;WP;bf967a68-0de6-11d0-a285-00aa003049e2;;$svc_sid)" >>"$log" 2>&1
 # dave is in Domain Admins; erin through a nested group; grace through a
 # protected group; frank is protected by name.
 samba-tool group addmembers "Domain Admins" dave "${H[@]}" >>"$log" 2>&1
@@ -157,7 +173,8 @@ if ((!ready)); then
   exit 1
 fi
 
-# carol is also reachable by a proxy address (set over LDAPS, as an operator would).
+# carol is also reachable by a proxy address, and Administrator has a UPN,
+# as in most domains (set over LDAPS, as an operator would).
 LDAPTLS_CACERT="$tls/ca.pem" ldapmodify -x -H ldaps://127.0.0.1:636 \
   -D "Administrator@corp.test" -w "$ADMIN_PASS" >>"$log" 2>&1 <<LDIF
 dn: CN=carol,CN=Users,$BASE_DN
@@ -165,11 +182,17 @@ changetype: modify
 add: proxyAddresses
 proxyAddresses: SMTP:carol.mail@corp.test
 proxyAddresses: smtp:carol.alias@corp.test
+
+dn: CN=Administrator,CN=Users,$BASE_DN
+changetype: modify
+add: userPrincipalName
+userPrincipalName: Administrator@corp.test
 LDIF
 
 cat >"$dir/env" <<ENV
 AD_BASE_DN=$BASE_DN
 AD_CA_FILE=$tls/ca.pem
+AD_OTHER_CA_FILE=$tls/other-ca.pem
 AD_ADMIN_DN=Administrator@corp.test
 AD_ADMIN_PASSWORD=$ADMIN_PASS
 AD_BIND_DN=svc-dphost@corp.test

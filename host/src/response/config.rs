@@ -192,8 +192,10 @@ pub struct DisableUserPolicy {
 
 pub const DEFAULT_TRIGGERS: [&str; 2] = ["clickDelivered", "messageDelivered"];
 
+/// The keys of `[connector.response.disable_user]`.
+const POLICY_KEYS: [&str; 5] = ["enabled", "ad", "on", "duration", "dry_run"];
+
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawPolicy {
     #[serde(default)]
     enabled: bool,
@@ -205,16 +207,20 @@ struct RawPolicy {
 }
 
 impl DisableUserPolicy {
-    /// Parses the connector's `response` table (None when absent).
+    /// Parses the connector's `response` table (None when absent). `at(key)`
+    /// gives `"line N: "` for a key of the connector's table (`response`,
+    /// `response.disable_user.ad`...), so that each problem names its line.
     pub fn from_toml(
         value: Option<&toml::Value>,
         label: &str,
+        at: &dyn Fn(&str) -> String,
         problems: &mut Vec<String>,
     ) -> Option<DisableUserPolicy> {
         let value = value?;
         let Some(table) = value.as_table() else {
             problems.push(format!(
-                "{label}: `response` must be a table: [connector.response.disable_user]"
+                "{}{label}: `response` must be a table: [connector.response.disable_user]",
+                at("response")
             ));
             return None;
         };
@@ -222,17 +228,39 @@ impl DisableUserPolicy {
         for (key, v) in table {
             if key != "disable_user" {
                 problems.push(format!(
-                    "{label}: unknown response action `response.{key}`: the only one is [connector.response.disable_user]"
+                    "{}{label}: unknown response action `response.{key}`: the only one is [connector.response.disable_user]",
+                    at(&format!("response.{key}"))
                 ));
                 continue;
             }
-            let raw: RawPolicy = match v.clone().try_into() {
+            let here = |k: &str| at(&format!("response.disable_user.{k}"));
+            // Unknown keys are named at their own line (serde would only
+            // say which, not where).
+            let mut v = v.clone();
+            if let Some(t) = v.as_table_mut() {
+                let unknown: Vec<String> = t
+                    .keys()
+                    .filter(|k| !POLICY_KEYS.contains(&k.as_str()))
+                    .cloned()
+                    .collect();
+                for k in unknown {
+                    problems.push(format!(
+                        "{}{label}: unknown key `response.disable_user.{k}` (keys: {})",
+                        here(&k),
+                        POLICY_KEYS.join(", ")
+                    ));
+                    t.remove(&k);
+                }
+            }
+            let raw: RawPolicy = match v.try_into() {
                 Ok(r) => r,
                 Err(e) => {
                     let e: toml::de::Error = e;
                     problems.push(format!(
-                        "{label}: [connector.response.disable_user]: {} (keys: enabled, ad, on, duration, dry_run)",
-                        e.message()
+                        "{}{label}: [connector.response.disable_user]: {} (keys: {})",
+                        at("response.disable_user"),
+                        e.message(),
+                        POLICY_KEYS.join(", ")
                     ));
                     continue;
                 }
@@ -243,7 +271,8 @@ impl DisableUserPolicy {
                     Some(ms) => Some(ms),
                     None => {
                         problems.push(format!(
-                            "{label}: response.disable_user.duration `{text}` is not \"forever\" nor a duration such as \"30m\", \"4h\" or \"2d\""
+                            "{}{label}: response.disable_user.duration `{text}` is not \"forever\" nor a duration such as \"30m\", \"4h\" or \"2d\"",
+                            here("duration")
                         ));
                         None
                     }
@@ -254,12 +283,14 @@ impl DisableUserPolicy {
                 .unwrap_or_else(|| DEFAULT_TRIGGERS.iter().map(|s| s.to_string()).collect());
             if raw.enabled && on.is_empty() {
                 problems.push(format!(
-                    "{label}: response.disable_user.on is empty: name the alert types that trigger it, e.g. [\"clickDelivered\", \"messageDelivered\"]"
+                    "{}{label}: response.disable_user.on is empty: name the alert types that trigger it, e.g. [\"clickDelivered\", \"messageDelivered\"]",
+                    here("on")
                 ));
             }
             if raw.enabled && raw.ad.is_none() {
                 problems.push(format!(
-                    "{label}: response.disable_user is enabled but names no AD target: set `ad` to the name of an [[ad]] table"
+                    "{}{label}: response.disable_user is enabled but names no AD target: set `ad` to the name of an [[ad]] table",
+                    here("enabled")
                 ));
             }
             policy = Some(DisableUserPolicy {
@@ -422,5 +453,30 @@ host_url = "https://tap-api-v2.proofpoint.com"
         );
         assert!(err.contains("already LDAPS"), "{err}");
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn policy_problems_name_the_file_and_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+        let err = format!(
+            "{:#}",
+            parse(
+                dir.path(),
+                "password_env = \"A\"",
+                "enabled = true\nbogus = 1\nduration = \"soon\"\n[connector.response.quarantine]\nx = 1"
+            )
+            .unwrap_err()
+        );
+        // The policy's first key is line 16 of `parse`'s text.
+        for want in [
+            "dphost.toml has",
+            "line 16: connector `c`: response.disable_user is enabled but names no AD target",
+            "line 17: connector `c`: unknown key `response.disable_user.bogus`",
+            "line 18: connector `c`: response.disable_user.duration `soon`",
+            "line 19: connector `c`: unknown response action `response.quarantine`",
+        ] {
+            assert!(err.contains(want), "{want}: {err}");
+        }
     }
 }

@@ -32,12 +32,31 @@ pub enum AdError {
     /// The DC answered this operation with an error.
     #[error("{0}")]
     Operation(String),
+    /// A guardrail could not be checked (the bind account or a protected
+    /// entry not found, an account's SID or groups unreadable): nothing is
+    /// disabled blindly; retried later, like a connection problem, since it
+    /// takes the operator (or the directory) to change something.
+    #[error("{0}")]
+    Guard(String),
 }
 
 impl AdError {
+    /// The session is unusable (drop it).
     pub fn is_connection(&self) -> bool {
         matches!(self, AdError::Connection(_))
     }
+
+    /// Retried with backoff for as long as it takes, never given up.
+    pub fn retries_forever(&self) -> bool {
+        matches!(self, AdError::Connection(_) | AdError::Guard(_))
+    }
+}
+
+/// The sentence for a TLS failure.
+fn tls_failed(doing: &str, why: &dyn std::fmt::Display) -> AdError {
+    AdError::Connection(format!(
+        "{doing}: TLS failed ({why}): check that `ca_file` holds the CA that issued the domain controller's certificate and that the URL's host name is in the certificate"
+    ))
 }
 
 /// An operator sentence for an LDAP result code (and AD's `data` sub-code).
@@ -95,9 +114,16 @@ fn classify(e: LdapError, doing: &str) -> AdError {
                 AdError::Operation(format!("{doing}: {sentence}"))
             }
         }
-        LdapError::Rustls { source } => AdError::Connection(format!(
-            "{doing}: TLS failed ({source}): check that `ca_file` holds the CA that issued the domain controller's certificate and that the URL's host name is in the certificate"
-        )),
+        LdapError::Rustls { source } => tls_failed(doing, &source),
+        // tokio-rustls reports a failed handshake (LDAPS and StartTLS alike)
+        // as an I/O error around the rustls error.
+        LdapError::Io { source }
+            if source
+                .get_ref()
+                .is_some_and(|e| e.downcast_ref::<rustls::Error>().is_some()) =>
+        {
+            tls_failed(doing, source.get_ref().expect("checked"))
+        }
         LdapError::Timeout { .. } => AdError::Connection(format!(
             "{doing}: the domain controller did not answer in time (timeout_secs)"
         )),
@@ -171,8 +197,41 @@ impl Sid {
     }
 }
 
-/// Why an account may not be disabled, if it may not.
-pub fn protection(account: &Account, guard: &Guard) -> Option<String> {
+/// Whether an account may be disabled.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Allowed,
+    /// Never disabled: why.
+    Protected(String),
+    /// What the guardrails need could not be read: not disabled now, tried
+    /// again later.
+    Unverifiable(String),
+}
+
+/// The guardrails' decision for `account`. A reason to protect it wins;
+/// otherwise an account whose SID or groups could not be read is not
+/// disabled: every account has its own SID and at least its primary group
+/// (Domain Users) in `tokenGroups`, so an empty one means the bind account
+/// may not read it, and an administrator would pass unnoticed.
+pub fn verdict(account: &Account, guard: &Guard) -> Verdict {
+    if let Some(why) = protection(account, guard) {
+        return Verdict::Protected(why);
+    }
+    let missing = match (&account.sid, account.token_groups.is_empty()) {
+        (None, true) => "its objectSid and its group memberships (tokenGroups)",
+        (None, false) => "its objectSid",
+        (Some(_), true) => "its group memberships (tokenGroups)",
+        (Some(_), false) => return Verdict::Allowed,
+    };
+    Verdict::Unverifiable(format!(
+        "{} was not disabled: {missing} could not be read, so dphost cannot tell whether it is an administrator or the built-in Administrator; let the bind account read objectSid and tokenGroups of users (in AD: add it to \"Windows Authorization Access Group\"); dphost tries again later",
+        account.dn
+    ))
+}
+
+/// Why an account may not be disabled, if it may not (from what could be
+/// read; `verdict` also refuses what could not).
+fn protection(account: &Account, guard: &Guard) -> Option<String> {
     if guard.bind_dns.contains(&account.dn.to_ascii_lowercase()) {
         return Some("it is the bind account dphost uses".into());
     }
@@ -313,25 +372,30 @@ impl AdSession {
 
     async fn resolve_guard(&mut self, target: &AdTarget) -> Result<(), AdError> {
         let bind = target.bind_dn.trim();
-        let bind_filter = if bind.contains('=') {
-            format!("(distinguishedName={})", ldap_escape(bind))
-        } else if let Some((user, _)) = bind.split_once('@') {
-            format!(
-                "(|(userPrincipalName={})(sAMAccountName={}))",
-                ldap_escape(bind),
-                ldap_escape(user)
-            )
+        let found = if bind.contains('=') {
+            // A DN: read it where it is (it may lie outside `base_dn`).
+            match self.read_entry(bind, &["objectSid"]).await? {
+                Some(e) => vec![e.dn],
+                None => Vec::new(),
+            }
         } else {
-            let name = bind.rsplit('\\').next().unwrap_or(bind);
-            format!("(sAMAccountName={})", ldap_escape(name))
+            let filter = if let Some((user, _)) = bind.split_once('@') {
+                format!(
+                    "(|(userPrincipalName={})(sAMAccountName={}))",
+                    ldap_escape(bind),
+                    ldap_escape(user)
+                )
+            } else {
+                let name = bind.rsplit('\\').next().unwrap_or(bind);
+                format!("(sAMAccountName={})", ldap_escape(name))
+            };
+            self.search_subtree(&filter, &["objectSid"])
+                .await?
+                .into_iter()
+                .map(|e| e.dn)
+                .collect()
         };
-        let found = self.search_subtree(&bind_filter, &["objectSid"]).await?;
-        let mut bind_dns: HashSet<String> =
-            found.iter().map(|e| e.dn.to_ascii_lowercase()).collect();
-        if bind.contains('=') {
-            bind_dns.insert(bind.to_ascii_lowercase());
-        }
-        self.guard.bind_dns = bind_dns;
+        self.guard.bind_dns = bind_account_dns(target, &self.base_dn, found)?;
         for entry in &target.protected {
             let e = ldap_escape(entry.trim());
             let filter = format!(
@@ -343,7 +407,7 @@ impl AdSession {
             if found.is_empty() {
                 // A guardrail that names nothing protects nothing: refuse to
                 // act rather than risk disabling whom it meant.
-                return Err(AdError::Connection(format!(
+                return Err(AdError::Guard(format!(
                     "[[ad]] `{}`: the protected entry `{entry}` matches no account or group in {}: fix `protected` (an account's mail, UPN, sAMAccountName or DN, or a group's name or DN); no account is disabled until it resolves",
                     target.name, self.base_dn
                 )));
@@ -353,9 +417,15 @@ impl AdSession {
                     .iter()
                     .any(|c| c.eq_ignore_ascii_case("group"));
                 if is_group {
-                    if let Some(sid) = bin_values(&f, "objectSid").into_iter().next() {
-                        self.guard.protected_groups.push((Sid(sid), entry.clone()));
-                    }
+                    // Members are recognised by the group's SID: without
+                    // it the group would protect nobody.
+                    let Some(sid) = bin_values(&f, "objectSid").into_iter().next() else {
+                        return Err(AdError::Guard(format!(
+                            "[[ad]] `{}`: the objectSid of the protected group {} could not be read, so its members cannot be recognised: let the bind account read it; no account is disabled until then",
+                            target.name, f.dn
+                        )));
+                    };
+                    self.guard.protected_groups.push((Sid(sid), entry.clone()));
                 } else {
                     self.guard
                         .protected_accounts
@@ -364,6 +434,29 @@ impl AdSession {
             }
         }
         Ok(())
+    }
+
+    /// One entry by its DN (None if it does not exist).
+    async fn read_entry(
+        &mut self,
+        dn: &str,
+        attrs: &[&str],
+    ) -> Result<Option<SearchEntry>, AdError> {
+        let doing = format!("reading {dn}");
+        let result = self
+            .ldap
+            .with_timeout(self.timeout)
+            .search(dn, Scope::Base, "(objectClass=*)", attrs.to_vec())
+            .await
+            .map_err(|e| classify(e, &doing))?;
+        if result.1.rc == 32 {
+            return Ok(None);
+        }
+        let (entries, _) = result.success().map_err(|e| classify(e, &doing))?;
+        Ok(entries
+            .into_iter()
+            .find(|e| !e.is_ref())
+            .map(SearchEntry::construct))
     }
 
     async fn search_subtree(
@@ -404,14 +497,10 @@ impl AdSession {
     /// Reads an account (None if it no longer exists).
     pub async fn read_account(&mut self, dn: &str) -> Result<Option<Account>, AdError> {
         let doing = format!("reading {dn}");
-        let result = self
-            .ldap
-            .with_timeout(self.timeout)
-            .search(
+        let Some(entry) = self
+            .read_entry(
                 dn,
-                Scope::Base,
-                "(objectClass=*)",
-                vec![
+                &[
                     "userAccountControl",
                     "objectSid",
                     "sAMAccountName",
@@ -419,16 +508,7 @@ impl AdSession {
                     "tokenGroups",
                 ],
             )
-            .await
-            .map_err(|e| classify(e, &doing))?;
-        if result.1.rc == 32 {
-            return Ok(None);
-        }
-        let (entries, _) = result.success().map_err(|e| classify(e, &doing))?;
-        let Some(entry) = entries
-            .into_iter()
-            .find(|e| !e.is_ref())
-            .map(SearchEntry::construct)
+            .await?
         else {
             return Ok(None);
         };
@@ -479,6 +559,23 @@ impl AdSession {
     pub async fn close(mut self) {
         let _ = self.ldap.unbind().await;
     }
+}
+
+/// The bind account's DNs (lower case) from what resolving `bind_dn` found.
+/// Finding none is refused: the guardrail "never the bind account" would
+/// protect nothing, and disabling it locks dphost out.
+fn bind_account_dns(
+    target: &AdTarget,
+    base_dn: &str,
+    found: Vec<String>,
+) -> Result<HashSet<String>, AdError> {
+    if found.is_empty() {
+        return Err(AdError::Guard(format!(
+            "[[ad]] `{}`: bind_dn `{}` resolves to no account under {base_dn}, so dphost cannot recognise (and spare) its own account: give the bind account's DN, or a userPrincipalName or sAMAccountName found under `base_dn`; no account is disabled until it resolves",
+            target.name, target.bind_dn
+        )));
+    }
+    Ok(found.into_iter().map(|d| d.to_ascii_lowercase()).collect())
 }
 
 fn values(entry: &SearchEntry, name: &str) -> Vec<String> {
@@ -578,6 +675,65 @@ mod tests {
         assert!(protection(&account(vec![sid(&[21, 1, 2, 3, 1200])]), &g3)
             .unwrap()
             .contains("VIPs"));
+    }
+
+    #[test]
+    fn unreadable_sids_and_groups_are_refused_not_passed() {
+        let g = Guard::default();
+        let domain_users = sid(&[21, 1, 2, 3, 513]);
+        assert_eq!(
+            verdict(&account(vec![domain_users.clone()]), &g),
+            Verdict::Allowed
+        );
+        // No groups readable: an admin would look like anyone else.
+        let Verdict::Unverifiable(why) = verdict(&account(vec![]), &g) else {
+            panic!("empty tokenGroups passed");
+        };
+        assert!(why.contains("tokenGroups"), "{why}");
+        assert!(why.contains("tries again later"), "{why}");
+        let mut no_sid = account(vec![domain_users]);
+        no_sid.sid = None;
+        let Verdict::Unverifiable(why) = verdict(&no_sid, &g) else {
+            panic!("a missing objectSid passed");
+        };
+        assert!(why.contains("objectSid"), "{why}");
+        // A reason to protect wins over what could not be read.
+        let mut computer = account(vec![]);
+        computer.user_account_control = 4096;
+        assert!(matches!(verdict(&computer, &g), Verdict::Protected(_)));
+    }
+
+    #[test]
+    fn a_bind_dn_that_resolves_to_nothing_is_refused() {
+        let target = AdTarget {
+            name: "corp".into(),
+            url: "ldaps://dc1:636".into(),
+            starttls: false,
+            bind_dn: "svc@corp.test".into(),
+            password: crate::config::SecretSource::Env("X".into()),
+            base_dn: "OU=Staff,DC=corp,DC=test".into(),
+            ca_file: "ca.pem".into(),
+            protected: vec![],
+            timeout_secs: 30,
+        };
+        let err = bind_account_dns(&target, &target.base_dn, vec![]).unwrap_err();
+        assert!(err.retries_forever() && !err.is_connection(), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("resolves to no account under OU=Staff"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("no account is disabled until it resolves"),
+            "{msg}"
+        );
+        let dns = bind_account_dns(
+            &target,
+            &target.base_dn,
+            vec!["CN=svc,CN=Users,DC=corp,DC=test".into()],
+        )
+        .unwrap();
+        assert!(dns.contains("cn=svc,cn=users,dc=corp,dc=test"));
     }
 
     #[test]

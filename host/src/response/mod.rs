@@ -9,11 +9,13 @@
 //! - `ldap`: the AD client (LDAPS or StartTLS, CA-verified) and guardrails;
 //! - `outbox`: the actions' durable state and their audit trail (the
 //!   Actions index);
+//! - `lease`: one worker per store, whichever process runs it;
 //! - `worker`: claims due actions, performs them, retries, re-enables at
 //!   expiry. `dphost run` runs it continuously, `dphost once` once.
 
 pub mod config;
 pub mod ldap;
+pub mod lease;
 pub mod outbox;
 pub mod worker;
 
@@ -28,5 +30,16 @@ pub fn fault_point(point: &str) {
     if std::env::var("DPHOST_TEST_FAULT").is_ok_and(|v| v == point) {
         eprintln!("DPHOST_TEST_FAULT: aborting at {point}");
         std::process::abort();
+    }
+}
+
+/// Test hook: `DPHOST_TEST_ACTION_DELAY_MS=<ms>` waits that long before each
+/// action a pass takes, so that two processes' passes surely overlap.
+pub async fn test_action_delay() {
+    if let Some(ms) = std::env::var("DPHOST_TEST_ACTION_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
     }
 }

@@ -1,6 +1,11 @@
 //! The outbox worker: performs due `disable-user` actions and re-enables
 //! accounts whose limited duration has passed.
 //!
+//! One worker per store: a pass first takes the store's lease (`lease`) and
+//! renews it before each action and each write to the directory; without it
+//! the pass does nothing. Claims are conditional too (the row must still be
+//! as it was read), so an action is never performed by two passes.
+//!
 //! Crash safety. Every step is recorded before the next one starts:
 //! claiming an action (`running`), the value of `userAccountControl` read
 //! just before writing (`intent`), the write's success (`set`), the action's
@@ -10,11 +15,18 @@
 //! recognised as disabled by us. Writes are `old | 0x2` (and `old & !0x2` to
 //! re-enable), so a repeated write changes nothing either way. Queued
 //! actions are never lost: they stay in the outbox until they end.
+//!
+//! Overlapping actions. An account stays disabled while any of our actions
+//! wants it so: an action that set the bit and expires while another (a
+//! later alert, or "forever") still wants the account disabled hands the
+//! "we set it" fact over to the longest-living of them instead of
+//! re-enabling; the last one re-enables it, and only if we set the bit.
 
 use super::config::AdTarget;
-use super::ldap::{protection, AdError, AdSession, ACCOUNTDISABLE};
+use super::ldap::{verdict, AdError, AdSession, Verdict, ACCOUNTDISABLE};
+use super::lease::{self, Lease, Owner};
 use super::outbox::{self, Action, Audit};
-use super::{fault_point, DISABLE_USER};
+use super::{fault_point, test_action_delay, DISABLE_USER};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::store::Store;
@@ -27,11 +39,15 @@ use std::time::Duration;
 /// Retry delays after a failed attempt: 30 s doubling up to an hour.
 const FIRST_RETRY_MS: i64 = 30_000;
 const MAX_RETRY_MS: i64 = 3_600_000;
-/// Attempts after which an action that fails for a reason other than the
-/// connection (the DC refused this account's change) is given up, audited.
+/// Attempts the DC refuses (it answered, with an error about this account's
+/// change) after which an action is given up, audited. Connection problems
+/// and guardrails that cannot be checked are retried for as long as it takes.
 const MAX_OPERATION_ATTEMPTS: i64 = 5;
 /// Actions taken per pass (the rest wait for the next one).
 const PASS_LIMIT: usize = 1_000;
+/// The shortest lease; it also outlives one LDAP operation twice over
+/// (`timeout_secs`), since it is renewed just before each write.
+const MIN_LEASE_MS: i64 = 120_000;
 
 /// What one pass did, by audited state.
 #[derive(Debug, Clone, Default)]
@@ -39,6 +55,9 @@ pub struct PassReport {
     pub states: BTreeMap<String, u64>,
     /// Problems that left actions waiting for a retry (or failed).
     pub errors: Vec<String>,
+    /// Why this pass did nothing or stopped early (another process holds
+    /// the lease): not a problem.
+    pub note: Option<String>,
 }
 
 impl PassReport {
@@ -47,25 +66,58 @@ impl PassReport {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.states.is_empty() && self.errors.is_empty()
+        self.states.is_empty() && self.errors.is_empty() && self.note.is_none()
     }
 
     /// `2 done, 1 skipped-protected`.
     pub fn describe(&self) -> String {
-        self.states
+        let mut parts: Vec<String> = self
+            .states
             .iter()
             .map(|(k, n)| format!("{n} {k}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+            .collect();
+        parts.extend(self.note.clone());
+        parts.join(", ")
     }
 }
 
 type Sessions = HashMap<String, Result<AdSession, AdError>>;
 
+/// Why an action's step did not complete.
+enum Fail {
+    Ad(AdError),
+    /// Another process took the lease: leave the rest to it.
+    LeaseLost(String),
+    /// The store failed: the pass ends with this error; the action stays
+    /// claimed and is resumed by the next pass.
+    Store(anyhow::Error),
+}
+
+impl From<AdError> for Fail {
+    fn from(e: AdError) -> Fail {
+        Fail::Ad(e)
+    }
+}
+
+impl From<anyhow::Error> for Fail {
+    fn from(e: anyhow::Error) -> Fail {
+        Fail::Store(e)
+    }
+}
+
+/// Whether the pass goes on after an action.
+#[derive(PartialEq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
 pub struct Worker {
     config: Arc<Config>,
     store: Arc<Store>,
     clock: Clock,
+    me: Owner,
+    lease_ms: i64,
 }
 
 /// The action's parameters, as the component queued them.
@@ -90,28 +142,62 @@ impl Params {
     }
 }
 
+/// After a failed attempt: None = give up, Some(delay) = retry then.
+/// Only attempts the DC refused count towards giving up, so connection
+/// retries before never make the first refusal the last attempt.
+pub fn after_failure(attempts: i64, op_failures: i64, refused: bool) -> Option<i64> {
+    if refused && op_failures >= MAX_OPERATION_ATTEMPTS {
+        return None;
+    }
+    Some(backoff_ms(attempts))
+}
+
+/// 30 s after the first failure, doubling, at most an hour.
+fn backoff_ms(failures: i64) -> i64 {
+    (FIRST_RETRY_MS << (failures - 1).clamp(0, 20)).min(MAX_RETRY_MS)
+}
+
 impl Worker {
     pub fn new(config: Arc<Config>, store: Arc<Store>) -> Result<Worker> {
         outbox::ensure_schema(&store)?;
         let clock = config.host.clock();
+        let longest_op_ms = config
+            .ad
+            .iter()
+            .map(|t| t.timeout_secs as i64 * 1000)
+            .max()
+            .unwrap_or(0);
         Ok(Worker {
             config,
             store,
             clock,
+            me: Owner::this_process(),
+            lease_ms: MIN_LEASE_MS.max(2 * longest_op_ms + 60_000),
         })
     }
 
     /// Runs passes until the task is dropped, every `every`.
     pub async fn run_forever(self, every: Duration) {
+        let mut last_note = None;
         loop {
             match self.pass().await {
-                Ok(r) if !r.is_empty() => {
-                    tracing::info!("response actions: {}", r.describe());
-                    for e in &r.errors {
-                        tracing::warn!("response action: {e}");
+                Ok(r) => {
+                    // Said once, not every pass, while another process works.
+                    if r.note != last_note {
+                        if let Some(n) = &r.note {
+                            tracing::info!("response actions: {n}");
+                        }
+                        last_note = r.note.clone();
+                    }
+                    if !r.states.is_empty() || !r.errors.is_empty() {
+                        let mut r = r;
+                        r.note = None;
+                        tracing::info!("response actions: {}", r.describe());
+                        for e in &r.errors {
+                            tracing::warn!("response action: {e}");
+                        }
                     }
                 }
-                Ok(_) => {}
                 Err(e) => tracing::error!("response actions: {e:#}"),
             }
             tokio::time::sleep(every).await;
@@ -122,19 +208,65 @@ impl Worker {
     pub async fn pass(&self) -> Result<PassReport> {
         let now = self.clock.now_ms()?;
         let mut report = PassReport::default();
+        if let Some(holder) = self.renew()? {
+            report.note = Some(format!(
+                "none performed by this process: another dphost process ({holder}) performs the response actions on this store"
+            ));
+            return Ok(report);
+        }
         // One session per AD target per pass; a target that cannot be
         // reached is tried once per pass, not once per action.
         let mut sessions: Sessions = HashMap::new();
-        for a in outbox::due(&self.store, now, PASS_LIMIT)? {
-            self.perform(&a, now, &mut sessions, &mut report).await?;
-        }
-        for a in outbox::expired(&self.store, now, PASS_LIMIT)? {
-            self.reenable(&a, &mut sessions, &mut report).await?;
-        }
+        let result = self.actions(now, &mut sessions, &mut report).await;
         for s in sessions.into_values().flatten() {
             s.close().await;
         }
+        result?;
         Ok(report)
+    }
+
+    async fn actions(
+        &self,
+        now: i64,
+        sessions: &mut Sessions,
+        report: &mut PassReport,
+    ) -> Result<()> {
+        for a in outbox::due(&self.store, now, PASS_LIMIT)? {
+            test_action_delay().await;
+            if self.perform(&a, now, sessions, report).await? == Flow::Stop {
+                return Ok(());
+            }
+        }
+        for a in outbox::expired(&self.store, now, PASS_LIMIT)? {
+            test_action_delay().await;
+            if self.reenable(&a, now, sessions, report).await? == Flow::Stop {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes or renews the lease: None if held, else who holds it.
+    fn renew(&self) -> Result<Option<String>> {
+        Ok(match lease::take(&self.store, &self.me, self.lease_ms)? {
+            Lease::Held => None,
+            Lease::Busy { holder, .. } => Some(holder),
+        })
+    }
+
+    /// Renews the lease before an action or a write.
+    fn keep_lease(&self) -> Result<(), Fail> {
+        match self.renew()? {
+            None => Ok(()),
+            Some(holder) => Err(Fail::LeaseLost(holder)),
+        }
+    }
+
+    fn lease_lost(report: &mut PassReport, holder: &str) -> Flow {
+        report.note = Some(format!(
+            "stopped: another dphost process ({holder}) took over the response actions on this store"
+        ));
+        Flow::Stop
     }
 
     fn target(&self, name: &str) -> Option<&AdTarget> {
@@ -192,13 +324,24 @@ impl Worker {
         }
     }
 
+    /// A session that broke is opened again by the next action; a target
+    /// that could not be reached stays so for the rest of this pass.
+    fn forget_broken(e: &AdError, target: &str, sessions: &mut Sessions) {
+        if e.is_connection() && matches!(sessions.get(target), Some(Ok(_))) {
+            sessions.remove(target);
+        }
+    }
+
     async fn perform(
         &self,
         a: &Action,
         now: i64,
         sessions: &mut Sessions,
         report: &mut PassReport,
-    ) -> Result<()> {
+    ) -> Result<Flow> {
+        if let Err(Fail::LeaseLost(holder)) = self.keep_lease() {
+            return Ok(Self::lease_lost(report, &holder));
+        }
         if a.kind != DISABLE_USER {
             report.count("failed");
             let msg = format!(
@@ -207,11 +350,11 @@ impl Worker {
             );
             let audit = self.audit(a, "failed", msg.clone(), json!({}));
             report.errors.push(msg.clone());
-            return outbox::finish(&self.store, a, "failed", &msg, None, Some(audit));
+            outbox::finish(&self.store, a, "failed", &msg, None, Some(audit))?;
+            return Ok(Flow::Continue);
         }
         let p = Params::of(a);
         let requested = (a.attempts == 0).then(|| {
-            report.count("requested");
             let mut audit = self.audit(
                 a,
                 "requested",
@@ -232,7 +375,14 @@ impl Worker {
             audit.body["action"]["attempt"] = 0.into();
             audit
         });
-        outbox::claim(&self.store, a, requested)?;
+        let first = requested.is_some();
+        if !outbox::claim(&self.store, a, requested)? {
+            // Claimed or ended by another pass since this one listed it.
+            return Ok(Flow::Continue);
+        }
+        if first {
+            report.count("requested");
+        }
         let Some(target) = self.target(&p.ad) else {
             report.count("failed");
             let msg = format!(
@@ -241,42 +391,54 @@ impl Worker {
             );
             report.errors.push(msg.clone());
             let audit = self.audit(a, "failed", msg.clone(), json!({}));
-            return outbox::finish(&self.store, a, "failed", &msg, None, Some(audit));
+            outbox::finish(&self.store, a, "failed", &msg, None, Some(audit))?;
+            return Ok(Flow::Continue);
         };
         let result = match self.session(target, sessions).await {
             Ok(session) => self.disable(a, &p, now, session, report).await,
-            Err(e) => Err(e),
+            Err(e) => Err(Fail::Ad(e)),
         };
-        let Err(e) = result else { return Ok(()) };
-        // A session that broke is opened again by the next action; a target
-        // that could not be reached stays so for the rest of this pass.
-        if e.is_connection() && matches!(sessions.get(&target.name), Some(Ok(_))) {
-            sessions.remove(&target.name);
-        }
+        let e = match result {
+            Ok(()) => return Ok(Flow::Continue),
+            Err(Fail::Store(e)) => return Err(e),
+            Err(Fail::LeaseLost(holder)) => return Ok(Self::lease_lost(report, &holder)),
+            Err(Fail::Ad(e)) => e,
+        };
+        Self::forget_broken(&e, &target.name, sessions);
         let attempts = a.attempts + 1;
+        let refused = !e.retries_forever();
+        let op_failures = a.op_failures + i64::from(refused);
         let msg = e.to_string();
         report
             .errors
             .push(format!("{} ({}): {msg}", a.target, a.connector));
-        if !e.is_connection() && attempts >= MAX_OPERATION_ATTEMPTS {
-            report.count("failed");
-            let audit = self.audit(
-                a,
-                "failed",
-                format!("{msg}; given up after {attempts} attempts"),
-                json!({ "error": msg }),
-            );
-            return outbox::finish(&self.store, a, "failed", &msg, None, Some(audit));
-        }
-        let delay = (FIRST_RETRY_MS << (attempts - 1).clamp(0, 20)).min(MAX_RETRY_MS);
         report.count("failed");
-        let audit = self.audit(
-            a,
-            "failed",
-            format!("{msg}; retrying in {}", human_ms(delay)),
-            json!({ "error": msg, "retry_at": now + delay }),
-        );
-        outbox::retry(&self.store, a, now + delay, &msg, audit)
+        match after_failure(attempts, op_failures, refused) {
+            None => {
+                let audit = self.audit(
+                    a,
+                    "failed",
+                    format!(
+                        "{msg}; given up after {op_failures} attempts the domain controller refused"
+                    ),
+                    json!({ "error": msg }),
+                );
+                // Accounts it disabled before giving up are still re-enabled
+                // at the end of its duration.
+                let expires = self.expiry(a, &p, now)?;
+                outbox::finish(&self.store, a, "failed", &msg, expires, Some(audit))?;
+            }
+            Some(delay) => {
+                let audit = self.audit(
+                    a,
+                    "failed",
+                    format!("{msg}; retrying in {}", human_ms(delay)),
+                    json!({ "error": msg, "retry_at": now + delay }),
+                );
+                outbox::retry(&self.store, a, now + delay, refused, &msg, audit)?;
+            }
+        }
+        Ok(Flow::Continue)
     }
 
     async fn disable(
@@ -286,10 +448,8 @@ impl Worker {
         now: i64,
         session: &mut AdSession,
         report: &mut PassReport,
-    ) -> Result<(), AdError> {
-        let store_err = |e: anyhow::Error| AdError::Operation(format!("the store failed: {e:#}"));
-        let known: HashMap<String, outbox::AccountRow> = outbox::accounts(&self.store, a.seq)
-            .map_err(store_err)?
+    ) -> Result<(), Fail> {
+        let known: HashMap<String, outbox::AccountRow> = outbox::accounts(&self.store, a.seq)?
             .into_iter()
             .map(|r| (r.dn.clone(), r))
             .collect();
@@ -312,12 +472,39 @@ impl Worker {
                 ),
                 json!({}),
             );
-            return outbox::finish(&self.store, a, "done", "not-found", None, Some(audit))
-                .map_err(store_err);
+            outbox::finish(&self.store, a, "done", "not-found", None, Some(audit))?;
+            return Ok(());
         }
         for dn in &dns {
             let row = known.get(dn);
             if row.is_some_and(|r| r.state != "intent") {
+                continue;
+            }
+            let others = outbox::others(&self.store, &p.ad, dn, a.seq)?;
+            // One person, several addresses in one alert: the account is
+            // written once, by the first of the alert's actions to reach it.
+            let same_alert = others.iter().find(|o| {
+                p.alert_id.as_str().is_some()
+                    && o.alert_id.as_deref() == p.alert_id.as_str()
+                    && matches!(o.state.as_str(), "set" | "already")
+            });
+            if let (None, Some(o)) = (row, same_alert) {
+                report.count("already-disabled");
+                let how = if o.state == "set" {
+                    "disabled"
+                } else {
+                    "found already disabled"
+                };
+                let audit = self.audit(
+                    a,
+                    "already-disabled",
+                    format!(
+                        "{dn} is also the account of {}, which this alert's action {how}: nothing changed",
+                        o.target
+                    ),
+                    json!({ "user": { "dn": dn }, "same_account_as": { "action_id": o.action_id, "target": o.target } }),
+                );
+                outbox::set_account(&self.store, a, dn, o.old_uac, "already", Some(audit))?;
                 continue;
             }
             let Some(account) = session.read_account(dn).await? else {
@@ -328,8 +515,7 @@ impl Worker {
                     format!("{dn} no longer exists"),
                     json!({ "user": { "dn": dn } }),
                 );
-                outbox::set_account(&self.store, a, dn, None, "gone", Some(audit))
-                    .map_err(store_err)?;
+                outbox::set_account(&self.store, a, dn, None, "gone", Some(audit))?;
                 continue;
             };
             let uac = account.user_account_control;
@@ -340,24 +526,34 @@ impl Worker {
                     "user_account_control": { "before": uac, "after": after },
                 }})
             };
-            if let Some(why) = protection(&account, &session.guard) {
-                report.count("skipped-protected");
-                let audit = self.audit(
-                    a,
-                    "skipped-protected",
-                    format!("{} was not disabled: {why}", account.dn),
-                    user(uac),
-                );
-                outbox::set_account(&self.store, a, dn, Some(uac), "protected", Some(audit))
-                    .map_err(store_err)?;
-                continue;
+            match verdict(&account, &session.guard) {
+                Verdict::Allowed => {}
+                Verdict::Protected(why) => {
+                    report.count("skipped-protected");
+                    let audit = self.audit(
+                        a,
+                        "skipped-protected",
+                        format!("{} was not disabled: {why}", account.dn),
+                        user(uac),
+                    );
+                    outbox::set_account(&self.store, a, dn, Some(uac), "protected", Some(audit))?;
+                    continue;
+                }
+                // Never disabled blindly: the action waits, audited.
+                Verdict::Unverifiable(why) => return Err(Fail::Ad(AdError::Guard(why))),
             }
             if uac & ACCOUNTDISABLE != 0 {
                 // Disabled already: by us if an interrupted attempt recorded
-                // the account enabled just before its write.
+                // the account enabled, and it now holds exactly what that
+                // write would have made of it. Residual risk (README): an
+                // administrator who disabled it while we were down, changing
+                // nothing else, is taken for our write, and at a limited
+                // duration's end we would re-enable it. The DC cannot tell
+                // us who wrote, and the window is a crash between recording
+                // the intent and the DC's answer.
                 let ours = row
                     .and_then(|r| r.old_uac)
-                    .is_some_and(|old| old & ACCOUNTDISABLE == 0);
+                    .is_some_and(|old| old & ACCOUNTDISABLE == 0 && uac == old | ACCOUNTDISABLE);
                 let (state, row_state, msg, before) = if ours {
                     let old = row.and_then(|r| r.old_uac).unwrap_or(uac);
                     (
@@ -370,10 +566,24 @@ impl Worker {
                         old,
                     )
                 } else {
+                    let by = match others
+                        .iter()
+                        .find(|o| o.state == "set" && o.wants_disabled(now))
+                    {
+                        Some(o) => format!(
+                            " by dphost's action for {} (alert {}); it stays disabled while any of dphost's actions wants it so",
+                            o.target,
+                            o.alert_id.as_deref().unwrap_or("?")
+                        ),
+                        None if row.is_some() => {
+                            " by someone else while an interrupted attempt was about to (its value changed meanwhile), so it is not dphost's to re-enable".to_string()
+                        }
+                        None => String::new(),
+                    };
                     (
                         "already-disabled",
                         "already",
-                        format!("{} was already disabled: nothing changed", account.dn),
+                        format!("{} was already disabled{by}: nothing changed", account.dn),
                         uac,
                     )
                 };
@@ -381,8 +591,7 @@ impl Worker {
                 let mut extra = user(uac);
                 extra["user"]["user_account_control"]["before"] = before.into();
                 let audit = self.audit(a, state, msg, extra);
-                outbox::set_account(&self.store, a, dn, Some(before), row_state, Some(audit))
-                    .map_err(store_err)?;
+                outbox::set_account(&self.store, a, dn, Some(before), row_state, Some(audit))?;
                 continue;
             }
             let new = uac | ACCOUNTDISABLE;
@@ -397,14 +606,21 @@ impl Worker {
                     ),
                     user(new),
                 );
-                outbox::set_account(&self.store, a, dn, Some(uac), "would-set", Some(audit))
-                    .map_err(store_err)?;
+                outbox::set_account(&self.store, a, dn, Some(uac), "would-set", Some(audit))?;
                 continue;
             }
-            outbox::set_account(&self.store, a, dn, Some(uac), "intent", None)
-                .map_err(store_err)?;
+            self.keep_lease()?;
+            outbox::set_account(&self.store, a, dn, Some(uac), "intent", None)?;
             fault_point("before-modify");
-            session.write_uac(dn, new).await?;
+            if let Err(e) = session.write_uac(dn, new).await {
+                if !e.is_connection() {
+                    // The DC answered no: nothing was written, and an intent
+                    // left behind would take a later disable by someone else
+                    // for ours.
+                    outbox::forget_account(&self.store, a, dn)?;
+                }
+                return Err(e.into());
+            }
             fault_point("after-modify");
             report.count("done");
             let audit = self.audit(
@@ -416,11 +632,10 @@ impl Worker {
                 ),
                 user(new),
             );
-            outbox::set_account(&self.store, a, dn, Some(uac), "set", Some(audit))
-                .map_err(store_err)?;
+            outbox::set_account(&self.store, a, dn, Some(uac), "set", Some(audit))?;
         }
         // The action's outcome, from every account's.
-        let rows = outbox::accounts(&self.store, a.seq).map_err(store_err)?;
+        let rows = outbox::accounts(&self.store, a.seq)?;
         let has = |s: &str| rows.iter().any(|r| r.state == s);
         let outcome = if has("set") {
             "done"
@@ -433,87 +648,203 @@ impl Worker {
         } else {
             "not-found"
         };
-        let expires = if has("set") {
-            p.duration_ms.map(|d| now + d)
-        } else {
-            None
-        };
-        outbox::finish(&self.store, a, "done", outcome, expires, None).map_err(store_err)
+        let expires = self.expiry(a, p, now)?;
+        outbox::finish(&self.store, a, "done", outcome, expires, None)?;
+        Ok(())
     }
 
+    /// When an action that ends now stops wanting its accounts disabled:
+    /// with a limited duration, if it disabled one, or found one disabled
+    /// (it may be handed the re-enable of an overlapping action that set
+    /// the bit).
+    fn expiry(&self, a: &Action, p: &Params, now: i64) -> Result<Option<i64>> {
+        let rows = outbox::accounts(&self.store, a.seq)?;
+        let wants = rows
+            .iter()
+            .any(|r| matches!(r.state.as_str(), "set" | "already"));
+        Ok(p.duration_ms.filter(|_| wants).map(|d| now + d))
+    }
+
+    /// At an action's expiry: each account it disabled is re-enabled, or
+    /// handed over to another action that still wants it disabled.
     async fn reenable(
         &self,
         a: &Action,
+        now: i64,
         sessions: &mut Sessions,
         report: &mut PassReport,
-    ) -> Result<()> {
+    ) -> Result<Flow> {
         let p = Params::of(a);
-        let Some(target) = self.target(&p.ad) else {
-            report.errors.push(format!(
-                "cannot re-enable the accounts of {}: [[ad]] `{}` is no longer configured",
-                a.target, p.ad
-            ));
-            return Ok(());
-        };
-        let result: Result<(), AdError> = async {
-            let session = self.session(target, sessions).await?;
-            for row in outbox::accounts(&self.store, a.seq)
-                .map_err(|e| AdError::Operation(format!("{e:#}")))?
-            {
-                // Only what this product set, and only if it set it.
-                if row.state != "set" {
-                    continue;
+        let result = self.reenable_accounts(a, &p, now, sessions, report).await;
+        let e = match result {
+            Ok(()) => {
+                let rows = outbox::accounts(&self.store, a.seq)?;
+                let has = |s: &str| rows.iter().any(|r| r.state == s);
+                // A failed action keeps its status; it is not due again.
+                if a.status == "failed" {
+                    let outcome = a.outcome.as_deref().unwrap_or("failed");
+                    outbox::finish(&self.store, a, "failed", outcome, None, None)?;
+                    return Ok(Flow::Continue);
                 }
-                let Some(account) = session.read_account(&row.dn).await? else {
-                    continue;
-                };
-                let uac = account.user_account_control;
-                let (msg, after) = if uac & ACCOUNTDISABLE != 0 {
-                    let new = uac & !ACCOUNTDISABLE;
-                    session.write_uac(&row.dn, new).await?;
-                    (
-                        format!(
-                            "{} re-enabled at the end of its {} (userAccountControl {uac} -> {new})",
-                            row.dn,
-                            human_ms(p.duration_ms.unwrap_or(0))
-                        ),
-                        new,
-                    )
+                let (status, outcome) = if has("reenabled") {
+                    ("reenabled", "re-enabled")
+                } else if has("handed-over") {
+                    ("expired", "handed-over")
+                } else if has("reenable-skipped") {
+                    ("expired", "re-enable-skipped")
                 } else {
-                    (
-                        format!(
-                            "{} was enabled again by someone else before expiry: nothing changed",
-                            row.dn
-                        ),
-                        uac,
-                    )
+                    ("expired", a.outcome.as_deref().unwrap_or("done"))
                 };
-                report.count("re-enabled");
+                outbox::finish(&self.store, a, status, outcome, a.expires_ms, None)?;
+                return Ok(Flow::Continue);
+            }
+            Err(Fail::Store(e)) => return Err(e),
+            Err(Fail::LeaseLost(holder)) => return Ok(Self::lease_lost(report, &holder)),
+            Err(Fail::Ad(e)) => e,
+        };
+        Self::forget_broken(&e, &p.ad, sessions);
+        // Audited and backed off like a disable; never given up: the
+        // account stays disabled until it succeeds.
+        let delay = backoff_ms(a.reenable_failures + 1);
+        let msg = format!("re-enabling the account(s) of {}: {e}", a.target);
+        report.count("failed");
+        report.errors.push(format!("{msg} ({})", a.connector));
+        let audit = self.audit(
+            a,
+            "failed",
+            format!("{msg}; retrying in {}", human_ms(delay)),
+            json!({ "phase": "re-enable", "error": e.to_string(), "retry_at": now + delay }),
+        );
+        outbox::reenable_retry(&self.store, a, now + delay, audit)?;
+        Ok(Flow::Continue)
+    }
+
+    async fn reenable_accounts(
+        &self,
+        a: &Action,
+        p: &Params,
+        now: i64,
+        sessions: &mut Sessions,
+        report: &mut PassReport,
+    ) -> Result<(), Fail> {
+        for row in outbox::accounts(&self.store, a.seq)? {
+            // Only what this product set, and only if it set it.
+            if row.state != "set" {
+                continue;
+            }
+            let others = outbox::others(&self.store, &p.ad, &row.dn, a.seq)?;
+            if let Some(heir) = outbox::heir(&others, now) {
+                report.count("handed-over");
+                let until = match heir.wanted_until(now) {
+                    Some(t) => format!("until {}", rfc3339_ms(t)),
+                    None => "for good".to_string(),
+                };
                 let audit = self.audit(
                     a,
-                    "re-enabled",
-                    msg,
-                    json!({ "user": { "dn": row.dn, "name": account.sam_account_name,
-                        "user_account_control": { "before": uac, "after": after } } }),
+                    "handed-over",
+                    format!(
+                        "{} stays disabled: dphost's action for {} (alert {}) still wants it disabled ({until}); it re-enables the account when it ends",
+                        row.dn,
+                        heir.target,
+                        heir.alert_id.as_deref().unwrap_or("?")
+                    ),
+                    json!({ "user": { "dn": row.dn },
+                        "handed_over_to": { "action_id": heir.action_id, "target": heir.target,
+                            "alert_id": heir.alert_id, "until": heir.wanted_until(now) } }),
                 );
-                outbox::set_account(&self.store, a, &row.dn, row.old_uac, "reenabled", Some(audit))
-                    .map_err(|e| AdError::Operation(format!("{e:#}")))?;
+                outbox::hand_over(&self.store, a, &row.dn, row.old_uac, heir, audit)?;
+                continue;
             }
-            Ok(())
+            let Some(target) = self.target(&p.ad) else {
+                return Err(Fail::Ad(AdError::Connection(format!(
+                    "[[ad]] `{}` is no longer configured: add it back to have the account(s) dphost disabled re-enabled (they stay disabled until then)",
+                    p.ad
+                ))));
+            };
+            let session = self.session(target, sessions).await?;
+            let Some(account) = session.read_account(&row.dn).await? else {
+                report.count("not-found");
+                let audit = self.audit(
+                    a,
+                    "not-found",
+                    format!("{} no longer exists: nothing to re-enable", row.dn),
+                    json!({ "user": { "dn": row.dn } }),
+                );
+                outbox::set_account(&self.store, a, &row.dn, row.old_uac, "gone", Some(audit))?;
+                continue;
+            };
+            let uac = account.user_account_control;
+            let user = |after: i64| {
+                json!({ "user": { "dn": row.dn, "name": account.sam_account_name,
+                    "user_account_control": { "before": uac, "after": after } } })
+            };
+            if uac & ACCOUNTDISABLE == 0 {
+                report.count("re-enable-skipped");
+                let audit = self.audit(
+                    a,
+                    "re-enable-skipped",
+                    format!(
+                        "{} was enabled again by someone else before the end of its {}: nothing changed",
+                        row.dn,
+                        human_ms(p.duration_ms.unwrap_or(0))
+                    ),
+                    user(uac),
+                );
+                outbox::set_account(
+                    &self.store,
+                    a,
+                    &row.dn,
+                    row.old_uac,
+                    "reenable-skipped",
+                    Some(audit),
+                )?;
+                continue;
+            }
+            let new = uac & !ACCOUNTDISABLE;
+            self.keep_lease()?;
+            session.write_uac(&row.dn, new).await?;
+            report.count("re-enabled");
+            let audit = self.audit(
+                a,
+                "re-enabled",
+                format!(
+                    "{} re-enabled at the end of its {} (userAccountControl {uac} -> {new})",
+                    row.dn,
+                    human_ms(p.duration_ms.unwrap_or(0))
+                ),
+                user(new),
+            );
+            outbox::set_account(
+                &self.store,
+                a,
+                &row.dn,
+                row.old_uac,
+                "reenabled",
+                Some(audit),
+            )?;
         }
-        .await;
-        match result {
-            Ok(()) => outbox::finish(&self.store, a, "reenabled", "re-enabled", None, None),
-            Err(e) => {
-                if e.is_connection() && matches!(sessions.get(&target.name), Some(Ok(_))) {
-                    sessions.remove(&target.name);
-                }
-                // Tried again on the next pass: the action stays due.
-                report.errors.push(format!("re-enabling {}: {e}", a.target));
-                Ok(())
-            }
+        Ok(())
+    }
+}
+
+impl Drop for Worker {
+    /// `dphost once` ends, or `dphost run` stops: the next process need not
+    /// wait for the lease to expire.
+    fn drop(&mut self) {
+        if let Err(e) = lease::release(&self.store, &self.me) {
+            tracing::warn!("response actions: could not give the lease back: {e:#}");
         }
     }
+}
+
+fn rfc3339_ms(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
 }
 
 /// `4h`, `30m`, `90s`.
@@ -523,5 +854,216 @@ fn human_ms(ms: i64) -> String {
         ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
         ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
         ms => format!("{}s", ms / 1000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A worker on a fresh store, with no [[ad]] target and a clock file.
+    fn worker(dir: &std::path::Path) -> Worker {
+        std::fs::write(dir.join("clock"), "1000000000000").unwrap();
+        let config = Config::parse(
+            "[host]\ndata_dir = \"data\"\nclock_file = \"clock\"\n",
+            &dir.join("dphost.toml"),
+        )
+        .unwrap();
+        let store = Arc::new(Store::open(&dir.join("data")).unwrap());
+        Worker::new(Arc::new(config), store).unwrap()
+    }
+
+    /// An action that disabled `dn` in [[ad]] `gone` and expires at `expires`.
+    fn disabled_by_us(w: &Worker, expires: i64) -> i64 {
+        w.store
+            .write_tx(|tx| {
+                tx.execute(
+                    "INSERT INTO outbox (connector, tenant, action_id, kind, target, reason, params, status, attempts, outcome, created_ms, updated_ms)
+                     VALUES ('c', 't', 'a1', 'disable-user', 'bob@corp.test', 'test', ?1, 'done', 1, 'done', 0, 0)",
+                    [json!({"ad": "gone", "duration_ms": 3_600_000, "alert_id": "al1"}).to_string()],
+                )?;
+                let seq = tx.last_insert_rowid();
+                tx.execute(
+                    "INSERT INTO response_progress (outbox_seq, expires_ms) VALUES (?1, ?2)",
+                    rusqlite::params![seq, expires],
+                )?;
+                tx.execute(
+                    "INSERT INTO response_accounts (outbox_seq, dn, old_uac, state) VALUES (?1, 'CN=bob', 512, 'set')",
+                    [seq],
+                )?;
+                Ok(seq)
+            })
+            .unwrap()
+    }
+
+    fn audits(w: &Worker) -> Vec<Value> {
+        w.store
+            .read(|c| {
+                let mut stmt =
+                    c.prepare("SELECT body FROM records WHERE idx = 'actions' ORDER BY seq")?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                Ok(rows
+                    .map(|b| serde_json::from_str(&b.unwrap()).unwrap())
+                    .collect())
+            })
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_removed_target_is_retried_with_backoff_and_audited_per_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = worker(dir.path());
+        let now = 1_000_000_000_000;
+        let seq = disabled_by_us(&w, now - 1);
+        let r = w.pass().await.unwrap();
+        assert_eq!(r.states.get("failed"), Some(&1), "{r:?}");
+        assert!(
+            r.errors[0].contains("[[ad]] `gone` is no longer configured"),
+            "{r:?}"
+        );
+        let a = audits(&w);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0]["event_type"], "failed");
+        assert_eq!(a[0]["phase"], "re-enable");
+        assert!(
+            a[0]["message"]
+                .as_str()
+                .unwrap()
+                .ends_with("retrying in 30s"),
+            "{a:?}"
+        );
+        // The next passes within the backoff neither log nor audit.
+        for _ in 0..3 {
+            assert!(w.pass().await.unwrap().is_empty());
+        }
+        assert_eq!(audits(&w).len(), 1);
+        std::fs::write(dir.path().join("clock"), (now + 30_000).to_string()).unwrap();
+        assert_eq!(w.pass().await.unwrap().states.get("failed"), Some(&1));
+        let a = audits(&w);
+        assert_eq!(a.len(), 2);
+        assert!(
+            a[1]["message"]
+                .as_str()
+                .unwrap()
+                .ends_with("retrying in 1m"),
+            "{a:?}"
+        );
+        // Still the account's re-enabler: nothing was handed over or lost.
+        assert_eq!(outbox::accounts(&w.store, seq).unwrap()[0].state, "set");
+    }
+
+    #[tokio::test]
+    async fn a_second_worker_on_the_store_does_nothing_while_the_first_holds_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = worker(dir.path());
+        let second = Worker::new(first.config.clone(), first.store.clone()).unwrap();
+        let now = 1_000_000_000_000;
+        assert!(first.pass().await.unwrap().is_empty());
+        disabled_by_us(&first, now - 1);
+        let r = second.pass().await.unwrap();
+        assert!(r.states.is_empty() && r.errors.is_empty(), "{r:?}");
+        assert!(
+            r.describe().contains("another dphost process (pid")
+                && r.describe().contains("performs the response actions"),
+            "{}",
+            r.describe()
+        );
+        assert!(audits(&first).is_empty());
+        // Once the first is gone (`dphost once` ends), the second takes over.
+        drop(first);
+        assert_eq!(second.pass().await.unwrap().states.get("failed"), Some(&1));
+    }
+
+    #[test]
+    fn a_claim_fails_once_another_pass_claimed_or_ended_the_action() {
+        let dir = tempfile::tempdir().unwrap();
+        let w = worker(dir.path());
+        let seq = disabled_by_us(&w, 0);
+        w.store
+            .write_tx(|tx| {
+                Ok(tx.execute(
+                    "UPDATE outbox SET status = 'pending', attempts = 0 WHERE seq = ?1",
+                    [seq],
+                )?)
+            })
+            .unwrap();
+        let listed = outbox::due(&w.store, i64::MAX, 10).unwrap();
+        assert_eq!(listed.len(), 1);
+        let a = &listed[0];
+        assert!(outbox::claim(&w.store, a, None).unwrap());
+        // Listed before that claim: refused, and changes nothing.
+        assert!(!outbox::claim(&w.store, a, None).unwrap());
+        outbox::finish(&w.store, a, "done", "done", None, None).unwrap();
+        let again = Action {
+            attempts: 1,
+            ..a.clone()
+        };
+        assert!(!outbox::claim(&w.store, &again, None).unwrap());
+        let attempts: i64 = w
+            .store
+            .read(|c| Ok(c.query_row("SELECT attempts FROM outbox", [], |r| r.get(0))?))
+            .unwrap();
+        assert_eq!(attempts, 1);
+    }
+
+    fn other(
+        seq: i64,
+        state: &str,
+        status: &str,
+        expires: Option<i64>,
+        duration: Option<i64>,
+    ) -> outbox::OtherRow {
+        outbox::OtherRow {
+            seq,
+            action_id: format!("a{seq}"),
+            target: "bob@corp.test".into(),
+            alert_id: Some(format!("alert{seq}")),
+            status: status.into(),
+            expires_ms: expires,
+            duration_ms: duration,
+            old_uac: Some(512),
+            state: state.into(),
+        }
+    }
+
+    #[test]
+    fn the_longest_living_action_that_wants_the_account_disabled_inherits_it() {
+        let now = 10_000;
+        // Ended, expired, dry runs and protected records want nothing.
+        let none = [
+            other(1, "already", "done", Some(now), Some(1)),
+            other(2, "already", "expired", Some(now + 5), Some(1)),
+            other(3, "would-set", "done", None, None),
+            other(4, "protected", "done", None, None),
+            other(5, "already", "failed", None, None),
+            other(6, "handed-over", "done", None, None),
+        ];
+        assert_eq!(outbox::heir(&none, now), None);
+        let mut rows = none.to_vec();
+        rows.push(other(7, "already", "done", Some(now + 100), Some(1)));
+        rows.push(other(8, "already", "done", Some(now + 50), Some(1)));
+        assert_eq!(outbox::heir(&rows, now).unwrap().seq, 7);
+        // Still retrying: wanted for its whole duration from now.
+        rows.push(other(9, "already", "pending", None, Some(200)));
+        assert_eq!(outbox::heir(&rows, now).unwrap().seq, 9);
+        // Forever outlives everything.
+        rows.push(other(10, "already", "done", None, None));
+        assert_eq!(outbox::heir(&rows, now).unwrap().seq, 10);
+    }
+
+    #[test]
+    fn connection_retries_do_not_use_up_the_refused_attempts() {
+        // Four connection problems, then the DC refuses once: retried.
+        assert_eq!(
+            after_failure(5, 1, true),
+            Some(MAX_RETRY_MS.min(30_000 << 4))
+        );
+        // Connection problems are retried for good, an hour apart at most.
+        assert_eq!(after_failure(40, 0, false), Some(MAX_RETRY_MS));
+        assert_eq!(after_failure(1, 0, false), Some(30_000));
+        assert_eq!(after_failure(2, 0, false), Some(60_000));
+        // The fifth refusal gives up, however few the attempts before.
+        assert_eq!(after_failure(5, 5, true), None);
+        assert_eq!(after_failure(9, 4, true), Some(MAX_RETRY_MS));
     }
 }
