@@ -15,12 +15,20 @@
 //! older than every kept window starts its own alert. [`AlertBook::prune`]
 //! then drops it, which keeps the book bounded.
 //!
-//! Assumption: the caller passes only events it has just stored for the first
-//! time (re-collected events are recognised by their record id upstream).
-//! The book guards against a repeat anyway, but only against the record ids
-//! it still holds (see [`Alert::record_ids`]).
+//! Assumption: the caller passes each stored event once (re-collected events
+//! are recognised upstream: the sink says they are stored, and
+//! `alert_flush` knows which stored ones are not counted yet). The book
+//! guards against a repeat anyway, but only against the record ids it lists
+//! (see [`Alert::record_ids`]).
+//!
+//! Lists in an alert are bounded (`MAX_RECORD_IDS`, `MAX_RECIPIENTS`,
+//! `MAX_THREAT_IDS`): an alert is rewritten whole whenever it grows, so its
+//! size is what one more event of a busy sender costs. The counts stay
+//! exact (`count`, `record_ids_total`), and `recipients_truncated` says when
+//! the recipient list is not the whole union; every event stays searchable
+//! by sender in the Syslog index.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -33,10 +41,10 @@ pub const ALERT_MSG_CLASS: &str = "proofpoint_tap_alert";
 /// The default deduplication window: one day.
 pub const DEFAULT_DEDUP_WINDOW_MS: i64 = 24 * 60 * 60 * 1000;
 /// Record ids an alert body lists; `record_ids_total` counts them all.
-pub const MAX_RECORD_IDS: usize = 100;
+pub const MAX_RECORD_IDS: usize = 20;
 /// Bounds on the unions an alert keeps, so one busy sender cannot grow the
 /// committed state without limit. Beyond them new values are not added.
-pub const MAX_RECIPIENTS: usize = 1000;
+pub const MAX_RECIPIENTS: usize = 100;
 pub const MAX_THREAT_IDS: usize = 200;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,31 +66,31 @@ impl Default for AlertConfig {
 }
 
 /// One newly stored event, as the alerts need it.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ObservedEvent<'a> {
     /// The id of the record the event was stored under.
     pub record_id: &'a str,
     pub event_type: EventType,
     /// The event's own time (message or click time), epoch ms.
     pub time_ms: i64,
-    /// The event's normalised fields (`normalise::normalise`).
-    pub normalised: &'a Map<String, Value>,
+    pub facts: AlertFacts,
     pub tenant: &'a str,
 }
 
 impl<'a> ObservedEvent<'a> {
-    /// With the time taken from the normalised `timestamp`; None without one.
+    /// From an event's normalised fields (`normalise::normalise`), with the
+    /// time taken from their `timestamp`; None without one.
     pub fn from_normalised(
         record_id: &'a str,
         event_type: EventType,
-        normalised: &'a Map<String, Value>,
+        normalised: &Map<String, Value>,
         tenant: &'a str,
     ) -> Option<ObservedEvent<'a>> {
         Some(ObservedEvent {
             record_id,
             event_type,
             time_ms: normalised.get("timestamp")?.as_i64()?,
-            normalised,
+            facts: AlertFacts::from_normalised(normalised),
             tenant,
         })
     }
@@ -144,11 +152,9 @@ pub struct Alert {
     pub classifications: BTreeSet<String>,
     /// The first `MAX_RECORD_IDS` record ids, as the body lists them.
     pub record_ids: Vec<String>,
-    /// The latest `MAX_RECORD_IDS` record ids beyond those: with
-    /// `record_ids`, the ids a repeat is recognised by. A look-back re-query
-    /// repeats recent events, so the recent ids are the ones worth keeping.
+    /// Recipients were left out of `recipients` (`MAX_RECIPIENTS`).
     #[serde(default)]
-    pub recent_record_ids: VecDeque<String>,
+    pub recipients_truncated: bool,
 }
 
 /// The open alerts, the connector's durable alert state.
@@ -196,7 +202,7 @@ impl AlertBook {
                 Value::Null
             }
         };
-        let facts = EventFacts::from_normalised(event.normalised);
+        let facts = &event.facts;
         let sender = match &facts.sender {
             Some(sender) => sender.clone(),
             None if cfg.merge_without_sender => String::new(),
@@ -204,7 +210,7 @@ impl AlertBook {
                 // Never merged, so the alert depends on this one event only: its
                 // id and body come out the same however often the event is
                 // observed, and there is nothing to keep.
-                let alert = Alert::open(event, &facts, cfg, Some(event.record_id));
+                let alert = Alert::open(event, facts, cfg, Some(event.record_id));
                 return AlertChange::Created {
                     id: alert.id.clone(),
                     body: alert.to_json(),
@@ -226,14 +232,14 @@ impl AlertBook {
                 id: alert.id.clone(),
             },
             Some(alert) => {
-                alert.absorb(event, &facts);
+                alert.absorb(event, facts);
                 AlertChange::Updated {
                     id: alert.id.clone(),
                     body: body_of(alert),
                 }
             }
             None => {
-                let alert = Alert::open(event, &facts, cfg, None);
+                let alert = Alert::open(event, facts, cfg, None);
                 let change = AlertChange::Created {
                     id: alert.id.clone(),
                     body: body_of(&alert),
@@ -251,7 +257,7 @@ impl AlertBook {
     /// batch touches, so the state stays small however many senders a
     /// tenant sees.
     pub fn slot_of(event: &ObservedEvent<'_>, cfg: &AlertConfig) -> Option<String> {
-        let sender = match EventFacts::from_normalised(event.normalised).sender {
+        let sender = match event.facts.sender.clone() {
             Some(sender) => sender,
             None if cfg.merge_without_sender => String::new(),
             None => return None,
@@ -398,58 +404,31 @@ fn mitre(event_type: EventType) -> Mitre {
     }
 }
 
-/// The top-level fields of an event record body that alerts read
-/// (`ObservedEvent`, `EventFacts`) and `event_type`.
-pub const ALERT_FIELDS: [&str; 5] = ["timestamp", "event_type", "email", "threat", "proofpoint"];
-
-/// An event record body parsed for alert derivation: the `ALERT_FIELDS`
-/// only, the rest (above all the embedded raw event) skipped without
-/// building it. `None` if the body is not a JSON object. What alerts see is
-/// the same as from the whole body parsed.
-pub fn alert_fields(body: &str) -> Option<Map<String, Value>> {
-    struct AlertView(Map<String, Value>);
-    impl<'de> Deserialize<'de> for AlertView {
-        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> serde::de::Visitor<'de> for V {
-                type Value = AlertView;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("a JSON object")
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(
-                    self,
-                    mut access: A,
-                ) -> Result<AlertView, A::Error> {
-                    let mut map = Map::new();
-                    while let Some(key) = access.next_key::<std::borrow::Cow<'de, str>>()? {
-                        if ALERT_FIELDS.contains(&key.as_ref()) {
-                            let value: Value = access.next_value()?;
-                            map.insert(key.into_owned(), value);
-                        } else {
-                            access.next_value::<serde::de::IgnoredAny>()?;
-                        }
-                    }
-                    Ok(AlertView(map))
-                }
-            }
-            d.deserialize_map(V)
-        }
-    }
-    serde_json::from_str::<AlertView>(body).ok().map(|v| v.0)
-}
-
-/// What an alert takes from one event's normalised fields.
-struct EventFacts {
-    sender: Option<String>,
-    recipients: Vec<String>,
-    threat_ids: Vec<String>,
-    classifications: Vec<String>,
+/// What an alert takes from one event's normalised fields: read once, when
+/// the event's record is built, and kept beside it until its batch commits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertFacts {
+    pub sender: Option<String>,
+    /// `email.recipient.addresses`: also what the response policy acts on.
+    pub recipients: Vec<String>,
+    pub threat_ids: Vec<String>,
+    pub classifications: Vec<String>,
     /// The highest of the phish, malware and impostor scores.
-    max_threat_score: Option<f64>,
+    pub max_threat_score: Option<f64>,
 }
 
-impl EventFacts {
-    fn from_normalised(fields: &Map<String, Value>) -> EventFacts {
+/// An event record's contribution to the alerts, kept beside the record
+/// from when it is built until its batch commits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertInput {
+    pub event_type: EventType,
+    /// The event's own time, epoch ms.
+    pub time_ms: i64,
+    pub facts: AlertFacts,
+}
+
+impl AlertFacts {
+    pub fn from_normalised(fields: &Map<String, Value>) -> AlertFacts {
         let sender = at(fields, &["email", "sender", "address"])
             .and_then(Value::as_str)
             .filter(|sender| !sender.is_empty())
@@ -470,7 +449,7 @@ impl EventFacts {
             .iter()
             .filter_map(|name| at(fields, &["proofpoint", "scores", name])?.as_f64())
             .reduce(f64::max);
-        EventFacts {
+        AlertFacts {
             sender,
             recipients,
             threat_ids: threat_field("id"),
@@ -493,7 +472,7 @@ impl Alert {
     /// alert that will never merge (no sender): it makes the id unique.
     fn open(
         event: &ObservedEvent<'_>,
-        facts: &EventFacts,
+        facts: &AlertFacts,
         cfg: &AlertConfig,
         lone_record_id: Option<&str>,
     ) -> Alert {
@@ -519,35 +498,42 @@ impl Alert {
             threat_ids: BTreeSet::new(),
             classifications: BTreeSet::new(),
             record_ids: Vec::new(),
-            recent_record_ids: VecDeque::new(),
+            recipients_truncated: false,
         };
         alert.absorb(event, facts);
         alert
     }
 
-    fn absorb(&mut self, event: &ObservedEvent<'_>, facts: &EventFacts) {
+    fn absorb(&mut self, event: &ObservedEvent<'_>, facts: &AlertFacts) {
         self.count += 1;
         self.last_seen = self.last_seen.max(event.time_ms);
         self.severity = self.severity.max(facts.severity(event.event_type));
-        add_bounded(&mut self.recipients, &facts.recipients, MAX_RECIPIENTS);
+        if !add_bounded(&mut self.recipients, &facts.recipients, MAX_RECIPIENTS) {
+            self.recipients_truncated = true;
+        }
         add_bounded(&mut self.threat_ids, &facts.threat_ids, MAX_THREAT_IDS);
         // A handful of distinct values at most (malware, phish, spam, ...).
         self.classifications
             .extend(facts.classifications.iter().cloned());
         if self.record_ids.len() < MAX_RECORD_IDS {
             self.record_ids.push(event.record_id.to_string());
-        } else {
-            if self.recent_record_ids.len() == MAX_RECORD_IDS {
-                self.recent_record_ids.pop_front();
-            }
-            self.recent_record_ids
-                .push_back(event.record_id.to_string());
         }
     }
 
     fn holds_record(&self, record_id: &str) -> bool {
         self.record_ids.iter().any(|id| id == record_id)
-            || self.recent_record_ids.iter().any(|id| id == record_id)
+    }
+
+    /// About the bytes this alert takes serialized (its body or its slot
+    /// state): what `alert_flush` budgets by.
+    pub fn approx_bytes(&self) -> usize {
+        let strings = |set: &BTreeSet<String>| set.iter().map(|s| s.len() + 3).sum::<usize>();
+        900 + self.tenant.len()
+            + self.sender.as_ref().map_or(0, String::len)
+            + strings(&self.recipients)
+            + strings(&self.threat_ids)
+            + strings(&self.classifications)
+            + self.record_ids.iter().map(|s| s.len() + 3).sum::<usize>()
     }
 
     /// The body for the Alerts index. Callers add their own fields
@@ -555,7 +541,10 @@ impl Alert {
     pub fn to_json(&self) -> Value {
         let name = alert_type_name(self.event_type);
         let mitre = mitre(self.event_type);
-        let mut email = json!({ "recipient": { "addresses": self.recipients } });
+        let mut email = json!({ "recipient": {
+            "addresses": self.recipients,
+            "truncated": self.recipients_truncated,
+        } });
         if let Some(sender) = &self.sender {
             email["sender"] = json!({ "address": sender });
         }
@@ -609,13 +598,18 @@ fn slot_key(event_type: EventType, tenant: &str, sender: &str) -> String {
     json!([event_type.as_str(), tenant, sender]).to_string()
 }
 
-fn add_bounded(set: &mut BTreeSet<String>, values: &[String], bound: usize) {
+/// Adds `values` while `set` has room; false if a new value was left out.
+fn add_bounded(set: &mut BTreeSet<String>, values: &[String], bound: usize) -> bool {
     for value in values {
         if set.len() >= bound {
-            return;
+            if !set.contains(value) {
+                return false;
+            }
+            continue;
         }
         set.insert(value.clone());
     }
+    true
 }
 
 fn at<'v>(fields: &'v Map<String, Value>, path: &[&str]) -> Option<&'v Value> {
@@ -642,8 +636,10 @@ mod tests {
     use super::*;
     use crate::normalise::normalise;
 
+    /// What the alerts take from an event when its record is built is what
+    /// its stored body says.
     #[test]
-    fn alert_fields_are_the_whole_bodys_fields() {
+    fn alert_input_matches_the_stored_body() {
         use crate::parse::{interpret, RawEvent};
         use crate::record::{for_event, Origin};
         use crate::test_support::{fixture_lines, FIXTURE_FILES};
@@ -658,26 +654,28 @@ mod tests {
                 let Ok(v) = serde_json::from_str::<Value>(&line) else {
                     continue;
                 };
-                let event = v.get("event").unwrap_or(&v).to_string();
-                let raw = serde_json::value::RawValue::from_string(event).unwrap();
-                let record = for_event(
+                if v.get("queryEndTime").is_some() {
+                    continue;
+                }
+                let raw = serde_json::value::RawValue::from_string(line.clone()).unwrap();
+                let (record, input) = for_event(
                     origin,
                     &interpret(RawEvent {
                         event_type,
                         raw: &raw,
                     }),
                 );
-                let Value::Object(mut whole) = serde_json::from_str(&record.body).unwrap() else {
+                let input = input.expect("an event record has alert input");
+                let Value::Object(body) = serde_json::from_str(&record.body).unwrap() else {
                     panic!("record bodies are objects");
                 };
-                whole.retain(|k, _| ALERT_FIELDS.contains(&k.as_str()));
-                assert_eq!(alert_fields(&record.body), Some(whole));
+                assert_eq!(input.facts, AlertFacts::from_normalised(&body), "{file}");
+                assert_eq!(Some(input.time_ms), body["timestamp"].as_i64());
+                assert_eq!(input.event_type.as_str(), body["event_type"]);
                 checked += 1;
             }
         }
-        assert!(checked > 0);
-        assert_eq!(alert_fields("[1]"), None);
-        assert_eq!(alert_fields("{\"a\":1} x"), None);
+        assert!(checked >= 20, "{checked}");
     }
 
     const HOUR_MS: i64 = 60 * 60 * 1000;
@@ -803,11 +801,15 @@ mod tests {
         let last = body(&changes[49]);
         assert_eq!(last["count"], 50);
         assert_eq!(last["record_ids_total"], 50);
-        assert_eq!(last["record_ids"].as_array().expect("list").len(), 50);
+        assert_eq!(
+            last["record_ids"].as_array().expect("list").len(),
+            MAX_RECORD_IDS
+        );
         assert_eq!(last["record_ids"][0], "record-0");
-        assert_eq!(last["record_ids"][49], "record-49");
+        assert_eq!(last["record_ids"][MAX_RECORD_IDS - 1], "record-19");
         let expected: Vec<String> = (0..50).map(|n| format!("user{n:02}@example.com")).collect();
         assert_eq!(last["email"]["recipient"]["addresses"], json!(expected));
+        assert_eq!(last["email"]["recipient"]["truncated"], false);
         assert_eq!(last["email"]["sender"]["address"], "bad.actor@example.com");
         assert_eq!(last["first_seen"], T0);
         assert_eq!(last["timestamp"], T0);
@@ -937,7 +939,7 @@ mod tests {
     }
 
     #[test]
-    fn record_ids_are_capped_and_recent_repeats_still_recognised() {
+    fn lists_are_capped_counts_are_not_and_listed_repeats_are_recognised() {
         let mut harness = Harness::new();
         let sender = "bad@example.com";
         let mut last = None;
@@ -946,7 +948,7 @@ mod tests {
                 &format!("r{n}"),
                 EventType::MessageBlocked,
                 sender,
-                "a@x.com",
+                &format!("user{n:03}@x.com"),
                 T0 + n,
             ));
         }
@@ -954,18 +956,51 @@ mod tests {
         let listed = body(&last)["record_ids"].as_array().expect("list").clone();
         assert_eq!(listed.len(), MAX_RECORD_IDS);
         assert_eq!(listed[0], "r0");
-        assert_eq!(listed[99], "r99");
+        assert_eq!(
+            listed[MAX_RECORD_IDS - 1],
+            format!("r{}", MAX_RECORD_IDS - 1)
+        );
         assert_eq!(body(&last)["record_ids_total"], 150);
-        // r120 is beyond the listed ids, but still recognised.
+        assert_eq!(body(&last)["count"], 150);
+        let recipients = body(&last)["email"]["recipient"].clone();
+        assert_eq!(
+            recipients["addresses"].as_array().unwrap().len(),
+            MAX_RECIPIENTS
+        );
+        assert_eq!(recipients["truncated"], true, "{recipients}");
+        // A listed record is recognised if it comes again; the others are the
+        // caller's to recognise (the sink knows what it stored).
         let again = harness.observe(
-            "r120",
+            "r5",
             EventType::MessageBlocked,
             sender,
-            "a@x.com",
-            T0 + 120,
+            "user005@x.com",
+            T0 + 5,
         );
         assert!(matches!(again, AlertChange::Unchanged { .. }));
         assert_eq!(harness.book.alert(last.id()).expect("kept").count, 150);
+    }
+
+    #[test]
+    fn a_known_recipient_past_the_cap_does_not_truncate() {
+        let mut harness = Harness::new();
+        for n in 0..MAX_RECIPIENTS {
+            harness.observe(
+                &format!("r{n}"),
+                EventType::MessageBlocked,
+                "s@x.com",
+                &format!("user{n:03}@x.com"),
+                T0 + n as i64,
+            );
+        }
+        let again = harness.observe(
+            "r-last",
+            EventType::MessageBlocked,
+            "s@x.com",
+            "user000@x.com",
+            T0 + 999,
+        );
+        assert_eq!(body(&again)["email"]["recipient"]["truncated"], false);
     }
 
     #[test]

@@ -12,30 +12,28 @@
 //! whole body was read and found complete, carries the checkpoint; a window
 //! cut off half way leaves the checkpoint where it was (what was committed
 //! of it is simply found again next time).
+//!
+//! Native alerts are counted as the batches commit and written with each
+//! window's last batch (`alert_flush` says how that stays crash-safe).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use sha2::{Digest, Sha256};
 use time::{Duration, OffsetDateTime};
 
-use crate::alerts::{Alert, AlertBook, AlertChange, AlertConfig, ObservedEvent};
+use crate::alert_flush::{AlertFlow, BatchEvent};
+use crate::alerts::AlertInput;
 use crate::api::{self, ApiError, Rejection, TapClient};
 use crate::backoff::Backoff;
 use crate::config::Config;
-use crate::normalise;
 use crate::parse::{self, EventType, Outcome, RawEvent};
-use crate::platform::{Batch, ConnectorError, Http, Index, LogLevel, Platform, Record, WriteMode};
+use crate::platform::{Batch, ConnectorError, Http, Index, LogLevel, Platform, Record};
 use crate::record::{self, Origin};
 use crate::scan::{check_event, SiemScanner};
 use crate::threats::ThreatTracker;
 use crate::windows::{self, api_time, Gap, PlanSettings, Window, HISTORY_MARGIN, MIN_WINDOW};
 
 pub const CHECKPOINT_KEY: &str = "checkpoint";
-/// Prefix of the state keys holding the open native alerts, one key per
-/// slot (alert type, tenant, sender; hashed), committed with the records
-/// they were derived from. Only the slots a batch touches are read and
-/// written, so the state stays small however many senders a tenant sees.
-pub const ALERT_SLOT_PREFIX: &str = "alert_slot:";
 /// State key set (to `START-END`, UNIX seconds) with the first batch of a
 /// window committed before its end, and cleared with its last: found at the
 /// start of a run, it says the previous run was stopped inside that window
@@ -108,7 +106,10 @@ pub fn collect<H: Http, P: Platform>(
         backoff,
         marked: None,
         summary: Summary::default(),
-        alert_slots: SlotCache::new(config),
+        alerts: config
+            .alerts
+            .enabled
+            .then(|| AlertFlow::load(config, &*platform)),
         api: TapClient::new(config, http, now),
         platform,
     };
@@ -142,72 +143,11 @@ pub fn collect<H: Http, P: Platform>(
     }
 }
 
-/// How every event record body starts (`msg_class` is its first field).
-const EVENT_BODY_PREFIX: &str = "{\"msg_class\":\"proofpoint_tap_event\"";
-
-/// The state key of an alert slot (alert type, tenant, sender).
-fn alert_slot_key(slot: &str) -> String {
-    format!(
-        "{ALERT_SLOT_PREFIX}{}",
-        hex::encode(&Sha256::digest(slot.as_bytes())[..16])
-    )
-}
-
-/// Alert slots as this run's commits stored them (the `ALERT_SLOT_PREFIX`
-/// state keys), so a later batch of the run takes them from here instead of
-/// reading and parsing the state again. The same alerts either way: only
-/// this run writes the connector's state, and a slot is kept only once the
-/// commit carrying it succeeded. Bounded by the serialized size; past it the
-/// cache is emptied and slots are read from state again.
-#[derive(Default)]
-struct SlotCache {
-    committed: BTreeMap<String, (Vec<Alert>, usize)>,
-    staged: Vec<(String, Vec<Alert>, usize)>,
-    bytes: usize,
-    max_bytes: usize,
-}
-
-impl SlotCache {
-    fn new(config: &Config) -> Self {
-        SlotCache {
-            max_bytes: config.limits.batch_bytes() / 4,
-            ..SlotCache::default()
-        }
-    }
-
-    fn take(&mut self, slot: &str) -> Option<Vec<Alert>> {
-        let (alerts, bytes) = self.committed.remove(slot)?;
-        self.bytes -= bytes;
-        Some(alerts)
-    }
-
-    /// A slot as the next commit stores it (`bytes`: its serialized size).
-    fn stage(&mut self, slot: String, alerts: Vec<Alert>, bytes: usize) {
-        self.staged.push((slot, alerts, bytes));
-    }
-
-    fn committed(&mut self) {
-        for (slot, alerts, bytes) in std::mem::take(&mut self.staged) {
-            self.bytes += bytes;
-            if let Some((_, old)) = self.committed.insert(slot, (alerts, bytes)) {
-                self.bytes -= old;
-            }
-        }
-        if self.bytes > self.max_bytes {
-            self.clear();
-        }
-    }
-
-    fn clear(&mut self) {
-        self.committed.clear();
-        self.staged.clear();
-        self.bytes = 0;
-    }
-}
-
 /// Records waiting for a commit, within the host's batch limits.
 struct Batcher {
     records: Vec<Record>,
+    /// Beside each record, what the alerts take from it (event records).
+    inputs: Vec<Option<AlertInput>>,
     bytes: usize,
     max_records: usize,
     max_bytes: usize,
@@ -217,6 +157,7 @@ impl Batcher {
     fn new(config: &Config) -> Self {
         Batcher {
             records: Vec::new(),
+            inputs: Vec::new(),
             bytes: 0,
             // Each event may add an alert to its commit, and response
             // actions for its recipients: leave them room.
@@ -247,14 +188,18 @@ impl Batcher {
                 || self.bytes + Self::size(record) > self.max_bytes)
     }
 
-    fn push(&mut self, record: Record) {
+    fn push(&mut self, record: Record, input: Option<AlertInput>) {
         self.bytes += Self::size(&record);
         self.records.push(record);
+        self.inputs.push(input);
     }
 
-    fn take(&mut self) -> Vec<Record> {
+    fn take(&mut self) -> (Vec<Record>, Vec<Option<AlertInput>>) {
         self.bytes = 0;
-        std::mem::take(&mut self.records)
+        (
+            std::mem::take(&mut self.records),
+            std::mem::take(&mut self.inputs),
+        )
     }
 }
 
@@ -286,7 +231,8 @@ struct Cycle<'c, 'h, H: Http, P: Platform> {
     /// The window committed as in progress (`IN_PROGRESS_KEY`), if any.
     marked: Option<Window>,
     summary: Summary,
-    alert_slots: SlotCache,
+    /// The run's native alerts (None when they are off).
+    alerts: Option<AlertFlow>,
     api: TapClient<'h, H>,
     platform: &'c mut P,
 }
@@ -601,9 +547,10 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
         window: &Window,
         batch: &mut Batcher,
         record: Record,
+        input: Option<AlertInput>,
     ) -> Result<(), ConnectorError> {
         if batch.is_full_for(&record) {
-            let records = batch.take();
+            let (records, inputs) = batch.take();
             let mut state = Vec::new();
             if self.marked != Some(*window) {
                 state.push((
@@ -618,10 +565,10 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
                     ),
                 ));
             }
-            self.commit(records, state)?;
+            self.commit(records, inputs, state, window, None)?;
             self.marked = Some(*window);
         }
-        batch.push(record);
+        batch.push(record, input);
         Ok(())
     }
 
@@ -682,7 +629,7 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
                     &reason,
                 );
                 quarantine_reason = Some(reason);
-                Some(r)
+                Some((r, None))
             } else {
                 match check_event(event.bytes) {
                     Ok(raw) => {
@@ -726,7 +673,7 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
                                 &reason,
                             );
                             quarantine_reason = Some(reason);
-                            Some(r)
+                            Some((r, None))
                         } else {
                             suspects += 1;
                             if suspects > MAX_SUSPECTS {
@@ -751,8 +698,8 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
                     );
                 }
             }
-            if let Some(record) = record.filter(|_| collect_events) {
-                self.push(window, &mut data.pending, record)
+            if let Some((record, input)) = record.filter(|_| collect_events) {
+                self.push(window, &mut data.pending, record, input)
                     .map_err(ApiError::Failed)?;
             }
         }
@@ -824,7 +771,7 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
             .as_ref()
             .map(|(gap, reason)| record::gap_record(self.origin, gap, reason, now_ms));
         for rec in gap_record.into_iter().chain(threat_records) {
-            self.push(&window, &mut pending, rec)?;
+            self.push(&window, &mut pending, rec, None)?;
         }
 
         // Never move the checkpoint backwards: look-back windows end behind it.
@@ -845,7 +792,8 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
         if clears_mark {
             state.push((IN_PROGRESS_KEY.to_string(), None));
         }
-        self.commit(pending.take(), state)?;
+        let (records, inputs) = pending.take();
+        self.commit(records, inputs, state, &window, Some(end.unix_timestamp()))?;
         if clears_mark {
             self.marked = None;
         }
@@ -878,28 +826,96 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
         Ok(())
     }
 
+    /// Commits a batch of `window`: its records and state, and its events
+    /// counted into the alerts. With `done_to` (the window's last batch: the
+    /// time up to which the window's answer is complete, UNIX seconds) or
+    /// when the alerts outgrow their share, the changed
+    /// alerts and their response actions are flushed with it, in the same
+    /// commit if both fit the host's limits, else in a second one that also
+    /// carries the batch's state; a batch that does not flush lists its
+    /// counted events as pending (`alert_flush`). A failed commit ends the
+    /// run.
     fn commit(
         &mut self,
         mut records: Vec<Record>,
+        inputs: Vec<Option<AlertInput>>,
         mut state: Vec<(String, Option<Vec<u8>>)>,
+        window: &Window,
+        done_to: Option<i64>,
     ) -> Result<(), ConnectorError> {
-        let mut actions = Vec::new();
-        if self.config.alerts.enabled {
-            self.derive_alerts(&mut records, &mut state, &mut actions);
+        let Some(flow) = &mut self.alerts else {
+            return self.commit_batch(Batch {
+                records,
+                actions: Vec::new(),
+                state,
+            });
+        };
+        let events: Vec<BatchEvent<'_>> = records
+            .iter()
+            .zip(&inputs)
+            .filter_map(|(record, input)| {
+                Some(BatchEvent {
+                    record,
+                    input: input.as_ref()?,
+                })
+            })
+            .collect();
+        let (counted, pending) = flow.count(&*self.platform, &events, self.origin);
+        self.summary.filtered += counted.filtered;
+        let bounds = (window.start.unix_timestamp(), window.end.unix_timestamp());
+        if done_to.is_none() && !flow.must_flush() {
+            state.extend(flow.pend(&pending, bounds));
+            return self.commit_batch(Batch {
+                records,
+                actions: Vec::new(),
+                state,
+            });
         }
-        let count = records.len();
-        // Alerts are upserts (always "written"): count events and alerts apart.
-        let alert_records = records.iter().filter(|r| r.index == Index::Alerts).count() as u32;
-        let outcome = self.platform.commit(Batch {
+        // Listed first, so the flush deletes this list with the others.
+        let list = flow.pend(&pending, bounds);
+        let out = flow.flush(self.origin, parse::epoch_ms(self.now), done_to);
+        self.summary.alerts_created += out.created;
+        self.summary.alerts_updated += out.updated;
+        let limits = &self.config.limits;
+        let size = |r: &[Record]| r.iter().map(|r| r.body.len() + r.id.len()).sum::<usize>();
+        let fits = records.len() + out.records.len() + out.actions.len()
+            <= limits.max_batch_records
+            && size(&records) + size(&out.records) <= limits.max_commit_bytes();
+        let mut flush = Batch {
+            records: out.records,
+            actions: out.actions,
+            state: out.state,
+        };
+        if fits {
+            records.append(&mut flush.records);
+            state.append(&mut flush.state);
+            return self.commit_batch(Batch {
+                records,
+                actions: flush.actions,
+                state,
+            });
+        }
+        self.commit_batch(Batch {
             records,
-            actions,
-            state,
-        });
-        match &outcome {
-            Ok(_) => self.alert_slots.committed(),
-            Err(_) => self.alert_slots.clear(),
-        }
-        let outcome = outcome.map_err(|e| {
+            actions: Vec::new(),
+            state: list.into_iter().collect(),
+        })?;
+        flush.state.append(&mut state);
+        self.commit_batch(flush)
+    }
+
+    fn commit_batch(&mut self, batch: Batch) -> Result<(), ConnectorError> {
+        let count = batch.records.len();
+        // Alerts are upserts (always "written"): count events and alerts apart.
+        let alert_records = batch
+            .records
+            .iter()
+            .filter(|r| r.index == Index::Alerts)
+            .count() as u32;
+        let outcome = self.platform.commit(batch).map_err(|e| {
+            if let Some(flow) = &mut self.alerts {
+                flow.forget();
+            }
             ConnectorError::Internal(format!(
                 "the data lake refused a batch of {count} records: {e}"
             ))
@@ -907,146 +923,6 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
         self.summary.written += u64::from(outcome.written.saturating_sub(alert_records));
         self.summary.duplicates += u64::from(outcome.duplicates);
         Ok(())
-    }
-
-    /// Adds to a batch the native alerts its new event records create or
-    /// update, and the alert book's new state: alerts land in the same
-    /// transaction as the events they count, so a re-collected or crashed
-    /// window never counts an event twice. Only events that are new (not
-    /// stored yet) and kept by the operator's log filters count.
-    fn derive_alerts(
-        &mut self,
-        records: &mut Vec<Record>,
-        state: &mut Vec<(String, Option<Vec<u8>>)>,
-        actions: &mut Vec<crate::platform::Action>,
-    ) {
-        let events: Vec<usize> = (0..records.len())
-            .filter(|&i| {
-                records[i].index == Index::Syslog && records[i].body.starts_with(EVENT_BODY_PREFIX)
-            })
-            .collect();
-        if events.is_empty() {
-            return;
-        }
-        let ids: Vec<String> = events.iter().map(|&i| records[i].id.clone()).collect();
-        let known = self.platform.contains(Index::Syslog, &ids);
-        let dropped = if self.config.log_filters == 0 {
-            vec![false; events.len()]
-        } else {
-            let bodies: Vec<String> = events.iter().map(|&i| records[i].body.clone()).collect();
-            self.platform.dropped_by_filters(&bodies)
-        };
-        let cfg = AlertConfig {
-            dedup_window_ms: self.config.alerts.dedup_window_ms,
-            merge_without_sender: self.config.alerts.merge_without_sender,
-        };
-        // One pass, one event parsed at a time (a batch parsed whole would
-        // cost several times its bytes): load each slot when first needed.
-        let tenant = self.origin.tenant;
-        let mut seen = BTreeSet::new();
-        let mut book = AlertBook::new();
-        let mut slots = BTreeSet::new();
-        let mut changed: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-        let mut action_ids = BTreeSet::new();
-        for (k, &i) in events.iter().enumerate() {
-            if dropped[k] {
-                self.summary.filtered += 1;
-                continue;
-            }
-            if known[k] || !seen.insert(ids[k].clone()) {
-                continue;
-            }
-            let Some(body) = crate::alerts::alert_fields(&records[i].body) else {
-                continue;
-            };
-            let Some(kind) = body
-                .get("event_type")
-                .and_then(|t| t.as_str())
-                .and_then(|t| {
-                    normalise::EventType::ALL
-                        .into_iter()
-                        .find(|e| e.as_str() == t)
-                })
-            else {
-                continue;
-            };
-            let Some(observed) = ObservedEvent::from_normalised(&ids[k], kind, &body, tenant)
-            else {
-                continue;
-            };
-            if let Some(slot) = AlertBook::slot_of(&observed, &cfg) {
-                if slots.insert(slot.clone()) {
-                    let stored = match self.alert_slots.take(&slot) {
-                        Some(alerts) => alerts,
-                        None => self
-                            .platform
-                            .state_get(&alert_slot_key(&slot))
-                            .and_then(|bytes| serde_json::from_slice::<Vec<Alert>>(&bytes).ok())
-                            .unwrap_or_default(),
-                    };
-                    book.restore_slot(slot, stored);
-                }
-            }
-            let change = book.observe_deferred(&observed, &cfg);
-            // The response policy acts on the alert an event counts into, with
-            // the event's recipients: committed with the alert, once per
-            // (alert, address) however often this event is seen.
-            if let (Some(policy), false) = (
-                &self.config.disable_user,
-                matches!(change, AlertChange::Unchanged { .. }),
-            ) {
-                for action in policy.actions(change.id(), kind, &body) {
-                    if action_ids.insert(action.id.clone()) {
-                        actions.push(action);
-                    }
-                }
-            }
-            match change {
-                AlertChange::Created { id, body } => {
-                    self.summary.alerts_created += 1;
-                    changed.insert(id, body);
-                }
-                AlertChange::Updated { id, body } => {
-                    if !changed.contains_key(&id) {
-                        self.summary.alerts_updated += 1;
-                    }
-                    changed.insert(id, body);
-                }
-                AlertChange::Unchanged { .. } => {}
-            }
-        }
-        // Bodies of kept alerts are built once per batch, not per event.
-        for (id, body) in changed.iter_mut() {
-            if body.is_null() {
-                if let Some(alert) = book.alert(id) {
-                    *body = alert.to_json();
-                }
-            }
-        }
-        book.prune(parse::epoch_ms(self.now));
-        for (id, mut body) in changed {
-            if let Some(obj) = body.as_object_mut() {
-                obj.insert("connector".into(), self.origin.connector.into());
-                obj.insert("domain".into(), self.origin.domain.into());
-                obj.entry("tenant_name")
-                    .or_insert_with(|| self.origin.tenant.into());
-            }
-            records.push(Record {
-                index: Index::Alerts,
-                id,
-                body: serde_json::to_string(&body).expect("alert bodies serialise"),
-                mode: WriteMode::Upsert,
-            });
-        }
-        for slot in slots {
-            let alerts = book.take_slot(&slot);
-            let value = (!alerts.is_empty())
-                .then(|| serde_json::to_vec(&alerts).expect("alerts serialise"));
-            let key = alert_slot_key(&slot);
-            self.alert_slots
-                .stage(slot, alerts, value.as_ref().map_or(0, Vec::len));
-            state.push((key, value));
-        }
     }
 
     fn summary_json(&self) -> String {

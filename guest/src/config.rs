@@ -145,6 +145,12 @@ impl HostLimits {
         host.min(mib(self.memory_mib) / 8).max(256 * 1024)
     }
 
+    /// Most bytes of record bodies and ids one commit may carry (the host's
+    /// `max_batch_mib`).
+    pub fn max_commit_bytes(&self) -> usize {
+        usize::try_from(self.max_batch_mib.saturating_mul(1 << 20)).unwrap_or(usize::MAX)
+    }
+
     /// Largest event stored whole: half a batch. A larger one is
     /// quarantined with its size, hash and first bytes.
     pub fn max_event_bytes(&self) -> usize {

@@ -16,6 +16,7 @@
 //! - `identity`: record ids that make re-collection idempotent;
 //! - `normalise`: ECS-style fields of each event, both API shapes;
 //! - `alerts`: native alerts, deduplicated by sender;
+//! - `alert_flush`: when alerts are committed, crash-safe;
 //! - `record`: the records written to the data lake;
 //! - `threats`: Threat API summaries and their backlog;
 //! - `backoff`: waiting after a 429, kept in state;
@@ -23,6 +24,7 @@
 //! - `platform`: the host, as traits and plain types;
 //! - `bindings` (wasm32 only): the WIT glue.
 
+pub mod alert_flush;
 pub mod alerts;
 pub mod api;
 pub mod backoff;

@@ -7,6 +7,7 @@
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use crate::alerts::{AlertFacts, AlertInput};
 use crate::config::Config;
 use crate::identity;
 use crate::normalise;
@@ -153,40 +154,36 @@ fn to_json_around<T: Serialize>(body: &T, raw_len: usize, origin: Origin<'_>) ->
     String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
-/// The record for one interpreted event: Syslog, or quarantine with its reason.
-pub fn for_event(origin: Origin<'_>, event: &Interpreted<'_>) -> Record {
+/// The record for one interpreted event (Syslog, or quarantine with its
+/// reason) and, for an event record, what the alerts take from it: read
+/// from the normalised fields while they are at hand, so the record body is
+/// never parsed again.
+pub fn for_event(origin: Origin<'_>, event: &Interpreted<'_>) -> (Record, Option<AlertInput>) {
     match &event.outcome {
-        Outcome::Event { id, time_ms } => event_record_parsed(
-            origin,
-            event.event_type,
-            event.raw,
-            event.value.as_ref(),
-            id,
-            *time_ms,
-        ),
-        Outcome::Quarantine { reason } => {
-            quarantine_record(origin, event.event_type, event.raw, reason)
+        Outcome::Event { id, time_ms } => {
+            let fields = normalised_fields(event.event_type, event.raw, event.value.as_ref());
+            let input =
+                normalise::EventType::from_array(event.event_type.array()).map(|kind| AlertInput {
+                    event_type: kind,
+                    time_ms: *time_ms,
+                    facts: AlertFacts::from_normalised(&fields),
+                });
+            let record = event_record(origin, event.event_type, event.raw, fields, id, *time_ms);
+            (record, input)
         }
+        Outcome::Quarantine { reason } => (
+            quarantine_record(origin, event.event_type, event.raw, reason),
+            None,
+        ),
     }
 }
 
-pub fn event_record(
+/// The Syslog record of an event with its normalised `fields`.
+fn event_record(
     origin: Origin<'_>,
     event_type: EventType,
     raw: &RawValue,
-    id: &str,
-    time_ms: i64,
-) -> Record {
-    event_record_parsed(origin, event_type, raw, None, id, time_ms)
-}
-
-/// `event_record` for an event already parsed into `value` (`raw` parsed),
-/// so it is not parsed again; `None` parses `raw`.
-pub fn event_record_parsed(
-    origin: Origin<'_>,
-    event_type: EventType,
-    raw: &RawValue,
-    value: Option<&serde_json::Value>,
+    fields: serde_json::Map<String, serde_json::Value>,
     id: &str,
     time_ms: i64,
 ) -> Record {
@@ -203,7 +200,7 @@ pub fn event_record_parsed(
                 event_type: event_type.as_str(),
                 timestamp: time_ms,
                 event_id: id,
-                normalised: normalised_fields(event_type, raw, value),
+                normalised: fields,
                 proofpoint_tap: raw,
             },
             raw.get().len(),
@@ -419,7 +416,7 @@ mod tests {
         assert_eq!(parsed.events.len(), lines.len());
         for (event, line) in parsed.events.into_iter().zip(&lines) {
             let i = interpret(event);
-            let record = for_event(ORIGIN, &i);
+            let record = for_event(ORIGIN, &i).0;
             assert_eq!(record.index, Index::Syslog);
             assert_eq!(record.mode, WriteMode::Insert);
             assert_eq!(&raw_field(&record.body, "proofpoint_tap"), line);
@@ -442,7 +439,7 @@ mod tests {
         let line = &fixture_lines("clicks_blocked.ndjson")[0];
         let body = format!("{{\"clicksBlocked\":[{line}]}}");
         let parsed = parse_siem_response(body.as_bytes()).unwrap();
-        let record = for_event(ORIGIN, &interpret(parsed.events[0]));
+        let record = for_event(ORIGIN, &interpret(parsed.events[0])).0;
         let v: Value = serde_json::from_str(&record.body).unwrap();
         assert_eq!(v["event_type"], "clickBlocked");
         // 2022-03-21T07:52:11.000Z
@@ -453,7 +450,7 @@ mod tests {
     fn quarantine_record_keeps_raw_and_reason() {
         let body = br#"{"clicksPermitted":[ [1, 2] ]}"#;
         let parsed = parse_siem_response(body).unwrap();
-        let record = for_event(ORIGIN, &interpret(parsed.events[0]));
+        let record = for_event(ORIGIN, &interpret(parsed.events[0])).0;
         assert_eq!(record.index, Index::Quarantine);
         assert_eq!(record.id, identity::quarantine_id("[1, 2]"));
         assert_eq!(raw_field(&record.body, "raw"), "[1, 2]");

@@ -9,7 +9,7 @@
 //! retried after a crash, the alert growing — queues nothing new: the host's
 //! outbox keeps one action per id.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::alerts::alert_type_name;
@@ -105,26 +105,20 @@ impl DisableUserPolicy {
     }
 
     /// The actions for the recipients of one event counted into alert
-    /// `alert_id` (empty if the alert type does not trigger).
+    /// `alert_id` (its `email.recipient.addresses`; empty if the alert type
+    /// does not trigger).
     pub fn actions(
         &self,
         alert_id: &str,
         event_type: EventType,
-        normalised: &Map<String, Value>,
+        recipients: &[String],
     ) -> Vec<Action> {
         if !self.triggers(event_type) {
             return Vec::new();
         }
-        let addresses = normalised
-            .get("email")
-            .and_then(|e| e.get("recipient"))
-            .and_then(|r| r.get("addresses"))
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
         let mut seen = std::collections::BTreeSet::new();
         let mut out = Vec::new();
-        for address in addresses.iter().filter_map(Value::as_str) {
+        for address in recipients {
             let address = address.trim().to_lowercase();
             if address.is_empty() || !seen.insert(address.clone()) {
                 continue;
@@ -167,11 +161,8 @@ mod tests {
         (p, problems)
     }
 
-    fn event(recipients: &[&str]) -> Map<String, Value> {
-        json!({ "email": { "recipient": { "addresses": recipients } } })
-            .as_object()
-            .unwrap()
-            .clone()
+    fn event(recipients: &[&str]) -> Vec<String> {
+        recipients.iter().map(|r| r.to_string()).collect()
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub fn config(extra: serde_json::Value) -> Config {
 #[derive(Debug, Clone)]
 pub struct CommitLog {
     pub records: usize,
+    /// Of those, Alerts index records.
+    pub alerts: usize,
     /// Bytes of records as the host counts them (bodies and ids).
     pub bytes: usize,
     pub state: Vec<(String, Option<Vec<u8>>)>,
@@ -210,6 +212,11 @@ impl Platform for FakePlatform {
         }
         self.commits.push(CommitLog {
             records: batch.records.len(),
+            alerts: batch
+                .records
+                .iter()
+                .filter(|r| r.index == Index::Alerts)
+                .count(),
             bytes,
             state: batch.state,
         });

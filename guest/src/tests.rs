@@ -1379,3 +1379,181 @@ fn response_policy_problems_are_reported() {
         "{problems:?}"
     );
 }
+
+/// `n` delivered messages from `senders` senders (round robin) at `t`.
+fn messages(tap: &mut FakeTap, t: OffsetDateTime, n: usize, senders: usize) {
+    let at = api_time(t);
+    for i in 0..n {
+        tap.events.push(FakeEvent {
+            event_type: EventType::MessageDelivered,
+            time: t,
+            visible_from: t,
+            raw: format!(
+                r#"{{"GUID":"g{i}","id":"id-{i}","messageTime":"{at}","recipient":["user{i}@example.com"],"sender":"s{}@evil.example","threatsInfoMap":[{{"threatID":"t","classification":"phish"}}]}}"#,
+                i % senders
+            ),
+        });
+    }
+}
+
+fn pending_keys(platform: &FakePlatform) -> Vec<String> {
+    platform
+        .state
+        .keys()
+        .filter(|k| k.starts_with(crate::alert_flush::PENDING_PREFIX))
+        .cloned()
+        .collect()
+}
+
+fn alert_count_total(platform: &FakePlatform) -> u64 {
+    alerts_stored(platform)
+        .iter()
+        .map(|a| a["count"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn a_window_of_many_batches_writes_its_alerts_once_with_its_last_batch() {
+    // 10 records a batch (half of 20: the rest is the alerts' room).
+    let cfg = config(serde_json::json!({
+        "content_types": ["events"], "limits": {"max_batch_records": 20}
+    }));
+    let mut tap = FakeTap::new(NOW);
+    messages(&mut tap, NOW - Duration::minutes(5), 50, 2);
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::minutes(10));
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["written"], 50);
+    assert_eq!(summary["alerts_created"], 2);
+    let commits = &platform.commits;
+    assert!(commits.len() >= 5, "{} commits", commits.len());
+    let (last, earlier) = commits.split_last().unwrap();
+    assert_eq!(last.alerts, 2, "both alerts ride with the last batch");
+    assert!(earlier.iter().all(|c| c.alerts == 0));
+    // Each earlier batch listed its events as pending; the last cleared them.
+    for (n, c) in earlier.iter().enumerate() {
+        let key = format!("alert_pending:{n}");
+        assert!(
+            c.state.iter().any(|(k, v)| *k == key && v.is_some()),
+            "{key}"
+        );
+    }
+    assert!(pending_keys(&platform).is_empty());
+    assert_eq!(alert_count_total(&platform), 50);
+}
+
+#[test]
+fn a_run_stopped_between_batches_loses_no_event_from_its_alerts_and_counts_none_twice() {
+    let cfg = config(serde_json::json!({
+        "content_types": ["events"], "limits": {"max_batch_records": 20}
+    }));
+    let mut tap = FakeTap::new(NOW);
+    messages(&mut tap, NOW - Duration::minutes(5), 50, 3);
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::minutes(10));
+    // The fourth commit fails: three batches (30 events) are stored, no alert.
+    platform.fail_commit = Some(3);
+    let failed = run(&cfg, &mut tap, &mut platform);
+    assert!(failed.is_err());
+    assert_eq!(platform.count(Index::Syslog, EVENT_CLASS), 30);
+    assert!(alerts_stored(&platform).is_empty());
+    assert_eq!(pending_keys(&platform).len(), 3);
+
+    // The next run fetches the window again: the 30 stored events are counted
+    // from the pending lists, the other 20 as new.
+    platform.fail_commit = None;
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["written"], 20);
+    assert_eq!(alert_count_total(&platform), 50);
+    assert_eq!(alerts_stored(&platform).len(), 3);
+    assert!(pending_keys(&platform).is_empty());
+
+    // And once more: nothing moves.
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["alerts_updated"], 0);
+    assert_eq!(alert_count_total(&platform), 50);
+}
+
+#[test]
+fn alerts_that_outgrow_their_share_are_flushed_before_the_window_ends() {
+    // The smallest batches the connector sizes (256 KiB): a flush is due
+    // after about 64 KiB of alerts, and 400 senders are well past that.
+    let cfg = config(serde_json::json!({
+        "content_types": ["events"], "limits": {"memory_mib": 1}
+    }));
+    let mut tap = FakeTap::new(NOW);
+    messages(&mut tap, NOW - Duration::minutes(5), 800, 400);
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::minutes(10));
+    run(&cfg, &mut tap, &mut platform).unwrap();
+    let with_alerts = platform.commits.iter().filter(|c| c.alerts > 0).count();
+    assert!(with_alerts >= 2, "{with_alerts} commits carried alerts");
+    assert_eq!(alerts_stored(&platform).len(), 400);
+    assert_eq!(alert_count_total(&platform), 800);
+    assert!(pending_keys(&platform).is_empty());
+}
+
+#[test]
+fn pending_events_the_api_no_longer_returns_are_dropped_once_their_window_is_passed() {
+    let cfg = config(serde_json::json!({"content_types": ["events"]}));
+    let mut tap = FakeTap::new(NOW);
+    messages(&mut tap, NOW - Duration::minutes(5), 3, 1);
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(NOW - Duration::minutes(10));
+    let window_end = (NOW - Duration::minutes(3)).unix_timestamp();
+    platform.state.insert(
+        "alert_pending:0".into(),
+        format!("0 {window_end}\ngone-1\ngone-2\n").into_bytes(),
+    );
+    run(&cfg, &mut tap, &mut platform).unwrap();
+    assert!(
+        pending_keys(&platform).is_empty(),
+        "{:?}",
+        pending_keys(&platform)
+    );
+    assert_eq!(alert_count_total(&platform), 3);
+}
+
+#[test]
+fn pending_events_of_a_look_back_window_are_counted_when_it_comes_again() {
+    // Five-minute windows, so the run's first windows end before the
+    // checkpoint (its look-back) and before the pending list's window.
+    let cfg = config(serde_json::json!({
+        "content_types": ["events"], "max_window_minutes": 5, "interval_min": 15
+    }));
+    let mut tap = FakeTap::new(NOW);
+    let cp = NOW - Duration::minutes(2);
+    messages(&mut tap, cp - Duration::minutes(22), 3, 1);
+    let mut platform = FakePlatform::new(NOW);
+    platform.set_checkpoint(cp - Duration::minutes(40));
+    run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(alert_count_total(&platform), 3);
+    // As if a run stopped inside the look-back window [cp-25min, cp-20min)
+    // had stored the three events without counting them.
+    platform
+        .stored
+        .retain(|(index, _), _| *index != Index::Alerts);
+    platform.state.retain(|k, _| !k.starts_with("alert_slot:"));
+    let ids: Vec<String> = platform
+        .stored
+        .keys()
+        .filter(|(index, _)| *index == Index::Syslog)
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    platform.set_checkpoint(cp);
+    platform.state.insert(
+        "alert_pending:0".into(),
+        format!(
+            "{} {}\n{}\n",
+            (cp - Duration::minutes(25)).unix_timestamp(),
+            (cp - Duration::minutes(20)).unix_timestamp(),
+            ids.join("\n")
+        )
+        .into_bytes(),
+    );
+    let summary = run(&cfg, &mut tap, &mut platform).unwrap();
+    assert_eq!(summary["written"], 0, "the events are stored already");
+    assert_eq!(alert_count_total(&platform), 3);
+    assert!(pending_keys(&platform).is_empty());
+}

@@ -1,21 +1,22 @@
-//! The TAP connector's per-event work, as one function over a SIEM response
-//! body, so the same code can be timed natively and inside the sandbox
-//! (`make bench`, sandbox overhead). It calls the connector's own modules in
-//! the order `collect` does: `scan` (streaming, each event's bytes), the
-//! strict JSON check, `parse::interpret`, `record::for_event` (normalise and
-//! the record body), and per batch the alert derivation of `collect`
-//! (`alerts::alert_fields`, `AlertBook`, slots kept as serialized state).
-//! Only the host calls (HTTP, sink, state) are left out.
+//! The TAP connector's work on one SIEM response body, so the same code can
+//! be timed natively and inside the sandbox (`make bench`, sandbox
+//! overhead). `run` is the connector's own `collect` over one window, with
+//! the host's side in memory (`BenchHost`: no I/O, nothing checked); only
+//! the host's real work (HTTP, SQLite) is left out. `run_to` stops each
+//! event at an earlier stage, for a breakdown of where the time goes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 
-use proofpoint_tap::alerts::{self, Alert, AlertBook, AlertChange, AlertConfig, ObservedEvent};
 use proofpoint_tap::config::Config;
-use proofpoint_tap::normalise;
 use proofpoint_tap::parse::{self, Outcome, RawEvent};
-use proofpoint_tap::platform::{BodyReader, Index, Record};
+use proofpoint_tap::platform::{
+    Batch, BodyReader, CommitOutcome, Http, Index, LogLevel, Platform, StreamingResponse,
+    TransportError,
+};
 use proofpoint_tap::record::{self, Origin};
 use proofpoint_tap::scan::{check_event, SiemScanner};
+use time::macros::datetime;
+use time::OffsetDateTime;
 
 #[cfg(target_arch = "wasm32")]
 mod component;
@@ -61,14 +62,19 @@ impl Summary {
     }
 }
 
+/// "Now" for the run: the window it collects is the hour before (as the
+/// harness's corpus, tap-sim at this simulated time, serves it).
+pub const NOW: OffsetDateTime = datetime!(2026-11-20 10:00:00 UTC);
+
 /// The connector configuration the pipeline runs with (production defaults,
-/// the 32 MiB memory cap of the end-to-end benchmark).
+/// the 32 MiB memory cap of the end-to-end benchmark, one window of an hour).
 pub fn config(tenant: &str) -> Config {
     let json = serde_json::json!({
         "name": format!("{tenant}-proofpoint_tap"),
         "tenant": tenant,
         "host_url": "http://127.0.0.1:1",
         "content_types": ["events"],
+        "initial_lookback_hours": 1,
         "limits": {"memory_mib": 32},
     });
     Config::parse(&json.to_string()).expect("the bench configuration is valid")
@@ -85,7 +91,7 @@ pub enum Stage {
     Interpret,
     /// + `record::for_event`: normalised fields and the record body.
     Record,
-    /// + the alert derivation per batch.
+    /// The whole of `collect`: + batches, their commits and the alerts.
     Alerts,
 }
 
@@ -104,38 +110,49 @@ impl Stage {
             Stage::Check => "strict JSON check",
             Stage::Interpret => "interpret (parse, id, time)",
             Stage::Record => "normalise + record body",
-            Stage::Alerts => "alerts",
+            Stage::Alerts => "batches, commits, alerts",
         }
     }
 }
 
-/// Runs the whole pipeline over `body`.
-pub fn run<R: BodyReader>(body: R, tenant: &str) -> Result<Summary, String> {
-    run_to(body, tenant, Stage::Alerts)
+/// Runs the connector's `collect` over `body`, the answer to its one window.
+pub fn run<R: BodyReader + 'static>(body: R, tenant: &str) -> Result<Summary, String> {
+    let config = config(tenant);
+    let mut http = BenchHttp {
+        body: Some(Box::new(body)),
+    };
+    let mut host = BenchHost::default();
+    let out = proofpoint_tap::collect::collect(&config, &mut http, &mut host)
+        .map_err(|e| e.to_string())?;
+    let out: serde_json::Value = serde_json::from_str(&out).map_err(|e| e.to_string())?;
+    let mut summary = host.summary;
+    summary.events = out["events"].as_u64().unwrap_or(0);
+    summary.quarantined = out["quarantined"].as_u64().unwrap_or(0);
+    Ok(summary)
 }
 
-/// Runs the pipeline up to `stage` (for a breakdown of where time goes).
-pub fn run_to<R: BodyReader>(body: R, tenant: &str, stage: Stage) -> Result<Summary, String> {
+/// Runs each event of `body` up to `stage` (`Stage::Alerts`: the whole of
+/// `run`), for a breakdown of where the time goes.
+pub fn run_to<R: BodyReader + 'static>(
+    body: R,
+    tenant: &str,
+    stage: Stage,
+) -> Result<Summary, String> {
+    if stage == Stage::Alerts {
+        return run(body, tenant);
+    }
     let config = config(tenant);
     let origin = Origin::from(&config);
-    let batch_records = (config.limits.batch_records() / 2).max(1);
-    let batch_bytes = config.limits.batch_bytes() / 2;
     let mut scanner = SiemScanner::new(body, config.limits.max_event_bytes());
     let mut summary = Summary::default();
-    let mut alerts = Alerts::new(&config);
-    let mut batch: Vec<Record> = Vec::new();
-    let mut bytes = 0usize;
     while let Some(event) = scanner.next_event().map_err(|e| e.to_string())? {
         summary.events += 1;
         if stage == Stage::Scan {
             continue;
         }
-        let raw = match check_event(event.bytes) {
-            Ok(raw) => raw,
-            Err(_) => {
-                summary.quarantined += 1;
-                continue;
-            }
+        let Ok(raw) = check_event(event.bytes) else {
+            summary.quarantined += 1;
+            continue;
         };
         if stage == Stage::Check {
             continue;
@@ -150,128 +167,107 @@ pub fn run_to<R: BodyReader>(body: R, tenant: &str, stage: Stage) -> Result<Summ
         if stage == Stage::Interpret {
             continue;
         }
-        let record = record::for_event(origin, &interpreted);
-        if stage == Stage::Record {
-            summary.records += 1;
-            summary.record_bytes += record.body.len() as u64;
-            continue;
-        }
-        let size = record.body.len() + record.id.len();
-        if !batch.is_empty() && (batch.len() >= batch_records || bytes + size > batch_bytes) {
-            alerts.flush(&mut batch, origin, &mut summary);
-            bytes = 0;
-        }
-        bytes += size;
-        batch.push(record);
+        let (record, _) = record::for_event(origin, &interpreted);
+        summary.records += 1;
+        summary.record_bytes += record.body.len() as u64;
     }
-    alerts.flush(&mut batch, origin, &mut summary);
     Ok(summary)
 }
 
-/// The alert derivation `collect` runs on each batch: alert slots kept
-/// between batches as `collect` keeps them within a run (its slot cache),
-/// and serialized per batch for the state the commit carries.
-struct Alerts {
-    cfg: AlertConfig,
-    state: BTreeMap<String, Vec<Alert>>,
-    stored: BTreeSet<String>,
-    now_ms: i64,
+/// The TAP API of the run: `body` answers its first SIEM request.
+struct BenchHttp {
+    body: Option<Box<dyn BodyReader>>,
 }
 
-impl Alerts {
-    fn new(config: &Config) -> Alerts {
-        Alerts {
-            cfg: AlertConfig {
-                dedup_window_ms: config.alerts.dedup_window_ms,
-                merge_without_sender: config.alerts.merge_without_sender,
-            },
-            state: BTreeMap::new(),
-            stored: BTreeSet::new(),
-            now_ms: i64::MIN,
-        }
+/// An empty answer (a window without events).
+struct Empty;
+
+impl BodyReader for Empty {
+    fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+        Ok(None)
+    }
+}
+
+impl Http for BenchHttp {
+    fn get_streaming(&mut self, _path: &str) -> Result<StreamingResponse, TransportError> {
+        Ok(StreamingResponse {
+            status: 200,
+            headers: Vec::new(),
+            body: self.body.take().unwrap_or_else(|| Box::new(Empty)),
+        })
+    }
+}
+
+/// The host's side in memory: state, which record ids are stored, and the
+/// figures of what was committed.
+#[derive(Default)]
+struct BenchHost {
+    state: BTreeMap<String, Vec<u8>>,
+    stored: HashSet<(Index, String)>,
+    summary: Summary,
+}
+
+impl Platform for BenchHost {
+    fn now(&self) -> OffsetDateTime {
+        NOW
     }
 
-    fn flush(&mut self, batch: &mut Vec<Record>, origin: Origin<'_>, summary: &mut Summary) {
-        let mut book = AlertBook::new();
-        let mut slots = BTreeSet::new();
-        let mut changed: BTreeMap<String, serde_json::Value> = BTreeMap::new();
-        for record in batch.iter() {
-            summary.records += 1;
-            summary.record_bytes += record.body.len() as u64;
-            if record.index != Index::Syslog
-                || !record
-                    .body
-                    .starts_with("{\"msg_class\":\"proofpoint_tap_event\"")
-            {
-                continue;
-            }
-            // `sink.contains`: a record id already stored adds nothing.
-            if !self.stored.insert(record.id.clone()) {
-                continue;
-            }
-            let Some(body) = alerts::alert_fields(&record.body) else {
-                continue;
-            };
-            let Some(kind) = body
-                .get("event_type")
-                .and_then(|t| t.as_str())
-                .and_then(|t| {
-                    normalise::EventType::ALL
-                        .into_iter()
-                        .find(|e| e.as_str() == t)
-                })
-            else {
-                continue;
-            };
-            let Some(observed) =
-                ObservedEvent::from_normalised(&record.id, kind, &body, origin.tenant)
-            else {
-                continue;
-            };
-            self.now_ms = self.now_ms.max(observed.time_ms);
-            if let Some(slot) = AlertBook::slot_of(&observed, &self.cfg) {
-                if slots.insert(slot.clone()) {
-                    let stored = self.state.remove(&slot).unwrap_or_default();
-                    book.restore_slot(slot, stored);
-                }
-            }
-            match book.observe_deferred(&observed, &self.cfg) {
-                AlertChange::Created { id, body } | AlertChange::Updated { id, body } => {
-                    changed.insert(id, body);
-                }
-                AlertChange::Unchanged { .. } => {}
-            }
-        }
-        for (id, body) in changed.iter_mut() {
-            if body.is_null() {
-                if let Some(alert) = book.alert(id) {
-                    *body = alert.to_json();
-                }
-            }
-        }
-        book.prune(self.now_ms);
-        for (_, mut body) in changed {
-            if let Some(obj) = body.as_object_mut() {
-                obj.insert("connector".into(), origin.connector.into());
-                obj.insert("domain".into(), origin.domain.into());
-                obj.entry("tenant_name")
-                    .or_insert_with(|| origin.tenant.into());
-            }
-            let text = body.to_string();
-            summary.alert_writes += 1;
-            summary.alert_bytes += text.len() as u64;
-        }
-        for slot in slots {
-            let alerts = book.take_slot(&slot);
-            if !alerts.is_empty() {
-                let bytes = serde_json::to_vec(&alerts).expect("alerts serialise");
-                summary.alert_bytes += bytes.len() as u64;
-                self.state.insert(slot, alerts);
-            }
-        }
-        summary.batches += 1;
-        batch.clear();
+    fn state_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.state.get(key).cloned()
     }
+
+    fn commit(&mut self, batch: Batch) -> Result<CommitOutcome, String> {
+        let mut outcome = CommitOutcome::default();
+        for r in batch.records {
+            if r.index == Index::Alerts {
+                self.summary.alert_writes += 1;
+                self.summary.alert_bytes += r.body.len() as u64;
+            } else {
+                self.summary.records += 1;
+                self.summary.record_bytes += r.body.len() as u64;
+            }
+            if self.stored.insert((r.index, r.id)) {
+                outcome.written += 1;
+            } else {
+                outcome.duplicates += 1;
+            }
+        }
+        for (key, value) in batch.state {
+            match value {
+                Some(v) => {
+                    if key.starts_with(proofpoint_tap::alert_flush::ALERT_SLOT_PREFIX) {
+                        self.summary.alert_bytes += v.len() as u64;
+                    }
+                    self.state.insert(key, v);
+                }
+                None => {
+                    self.state.remove(&key);
+                }
+            }
+        }
+        self.summary.batches += 1;
+        Ok(outcome)
+    }
+
+    fn contains(&self, index: Index, ids: &[String]) -> Vec<bool> {
+        ids.iter()
+            .map(|id| self.stored.contains(&(index, id.clone())))
+            .collect()
+    }
+
+    fn dropped_by_filters(&self, bodies: &[String]) -> Vec<bool> {
+        vec![false; bodies.len()]
+    }
+
+    fn log(&self, _level: LogLevel, _message: &str) {}
+
+    fn progress(&self, _done: u32, _total: u32, _items: u64) {}
+
+    fn budget_take(&mut self, _pool: &str, _limit: u32, _window_seconds: u32) -> Result<u32, u64> {
+        Ok(1_000)
+    }
+
+    fn sleep(&mut self, _duration: std::time::Duration) {}
 }
 
 #[cfg(test)]
