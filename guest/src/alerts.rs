@@ -155,6 +155,19 @@ pub struct Alert {
     /// Recipients were left out of `recipients` (`MAX_RECIPIENTS`).
     #[serde(default)]
     pub recipients_truncated: bool,
+    /// `approx_bytes`, kept up to date as the alert grows (not stored).
+    #[serde(skip)]
+    size: SizeHint,
+}
+
+/// A cached size: not part of what an alert is (equal whatever it holds).
+#[derive(Debug, Clone, Copy, Default)]
+struct SizeHint(usize);
+
+impl PartialEq for SizeHint {
+    fn eq(&self, _: &SizeHint) -> bool {
+        true
+    }
 }
 
 /// The open alerts, the connector's durable alert state.
@@ -276,7 +289,10 @@ impl AlertBook {
         self.slots.remove(slot).unwrap_or_default()
     }
 
-    pub fn restore_slot(&mut self, slot: String, alerts: Vec<Alert>) {
+    pub fn restore_slot(&mut self, slot: String, mut alerts: Vec<Alert>) {
+        for alert in &mut alerts {
+            alert.size = SizeHint(alert.measure());
+        }
         if !alerts.is_empty() {
             self.slots.insert(slot, alerts);
         }
@@ -499,7 +515,9 @@ impl Alert {
             classifications: BTreeSet::new(),
             record_ids: Vec::new(),
             recipients_truncated: false,
+            size: SizeHint::default(),
         };
+        alert.size = SizeHint(alert.measure());
         alert.absorb(event, facts);
         alert
     }
@@ -508,16 +526,33 @@ impl Alert {
         self.count += 1;
         self.last_seen = self.last_seen.max(event.time_ms);
         self.severity = self.severity.max(facts.severity(event.event_type));
-        if !add_bounded(&mut self.recipients, &facts.recipients, MAX_RECIPIENTS) {
+        let mut grown = 0;
+        if !add_bounded(
+            &mut self.recipients,
+            &facts.recipients,
+            MAX_RECIPIENTS,
+            &mut grown,
+        ) {
             self.recipients_truncated = true;
         }
-        add_bounded(&mut self.threat_ids, &facts.threat_ids, MAX_THREAT_IDS);
+        add_bounded(
+            &mut self.threat_ids,
+            &facts.threat_ids,
+            MAX_THREAT_IDS,
+            &mut grown,
+        );
         // A handful of distinct values at most (malware, phish, spam, ...).
-        self.classifications
-            .extend(facts.classifications.iter().cloned());
+        add_bounded(
+            &mut self.classifications,
+            &facts.classifications,
+            usize::MAX,
+            &mut grown,
+        );
         if self.record_ids.len() < MAX_RECORD_IDS {
+            grown += event.record_id.len() + 3;
             self.record_ids.push(event.record_id.to_string());
         }
+        self.size.0 += grown;
     }
 
     fn holds_record(&self, record_id: &str) -> bool {
@@ -525,8 +560,12 @@ impl Alert {
     }
 
     /// About the bytes this alert takes serialized (its body or its slot
-    /// state): what `alert_flush` budgets by.
+    /// state): what `alert_flush` budgets by. Kept as the alert grows.
     pub fn approx_bytes(&self) -> usize {
+        self.size.0
+    }
+
+    fn measure(&self) -> usize {
         let strings = |set: &BTreeSet<String>| set.iter().map(|s| s.len() + 3).sum::<usize>();
         900 + self.tenant.len()
             + self.sender.as_ref().map_or(0, String::len)
@@ -598,8 +637,14 @@ fn slot_key(event_type: EventType, tenant: &str, sender: &str) -> String {
     json!([event_type.as_str(), tenant, sender]).to_string()
 }
 
-/// Adds `values` while `set` has room; false if a new value was left out.
-fn add_bounded(set: &mut BTreeSet<String>, values: &[String], bound: usize) -> bool {
+/// Adds `values` while `set` has room, counting the bytes added into
+/// `grown`; false if a new value was left out.
+fn add_bounded(
+    set: &mut BTreeSet<String>,
+    values: &[String],
+    bound: usize,
+    grown: &mut usize,
+) -> bool {
     for value in values {
         if set.len() >= bound {
             if !set.contains(value) {
@@ -607,7 +652,9 @@ fn add_bounded(set: &mut BTreeSet<String>, values: &[String], bound: usize) -> b
             }
             continue;
         }
-        set.insert(value.clone());
+        if set.insert(value.clone()) {
+            *grown += value.len() + 3;
+        }
     }
     true
 }
@@ -978,7 +1025,10 @@ mod tests {
             T0 + 5,
         );
         assert!(matches!(again, AlertChange::Unchanged { .. }));
-        assert_eq!(harness.book.alert(last.id()).expect("kept").count, 150);
+        let alert = harness.book.alert(last.id()).expect("kept");
+        assert_eq!(alert.count, 150);
+        // The size kept as it grew is the size measured afresh.
+        assert_eq!(alert.approx_bytes(), alert.measure());
     }
 
     #[test]
