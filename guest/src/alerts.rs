@@ -444,6 +444,40 @@ pub struct AlertInput {
 }
 
 impl AlertFacts {
+    /// From an event's normalised fields, as the record is built.
+    pub fn from_event(fields: &crate::normalise::Normalised<'_>) -> AlertFacts {
+        let owned = |texts: &[std::borrow::Cow<'_, str>]| -> Vec<String> {
+            texts.iter().map(|t| t.to_string()).collect()
+        };
+        let email = &fields.email;
+        let score =
+            |n: &Option<serde_json::Number>| n.as_ref().and_then(serde_json::Number::as_f64);
+        let scores = fields.proofpoint.scores.as_ref();
+        AlertFacts {
+            sender: email.sender.as_ref().map(|s| s.address.to_string()),
+            recipients: email
+                .recipient
+                .as_ref()
+                .map_or_else(Vec::new, |r| owned(&r.addresses)),
+            threat_ids: fields
+                .threat
+                .iter()
+                .filter_map(|t| t.id.as_ref().map(|id| id.to_string()))
+                .collect(),
+            classifications: fields
+                .threat
+                .iter()
+                .filter_map(|t| t.classification.as_ref().map(|c| c.to_string()))
+                .collect(),
+            max_threat_score: scores.and_then(|s| {
+                [score(&s.phish), score(&s.malware), score(&s.impostor)]
+                    .into_iter()
+                    .flatten()
+                    .reduce(f64::max)
+            }),
+        }
+    }
+
     pub fn from_normalised(fields: &Map<String, Value>) -> AlertFacts {
         let sender = at(fields, &["email", "sender", "address"])
             .and_then(Value::as_str)
@@ -681,7 +715,12 @@ fn strings(value: Option<&Value>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::normalise::normalise;
+
+    fn normalise(event_type: EventType, event: &Value) -> Result<Map<String, Value>, String> {
+        let text = event.to_string();
+        let json = crate::json::Json::parse(&text).expect("a Value is JSON");
+        crate::normalise::normalise(event_type, &json).map(|n| n.to_map())
+    }
 
     /// What the alerts take from an event when its record is built is what
     /// its stored body says.

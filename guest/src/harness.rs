@@ -368,3 +368,51 @@ mod tests {
         eprintln!("bad input: {} broken bodies natively", bodies.len());
     }
 }
+
+#[cfg(test)]
+mod dump_records_tmp {
+    /// TEMPORARY: records of a body, for a before/after comparison.
+    #[test]
+    fn dump() {
+        let (Some(inp), Some(out)) = (std::env::var_os("DUMP_IN"), std::env::var_os("DUMP_OUT"))
+        else {
+            return;
+        };
+        use crate::parse::{interpret, RawEvent};
+        use crate::record::{for_event, Origin};
+        use crate::scan::check_event;
+        use std::io::Write;
+        let origin = Origin {
+            tenant: "acme",
+            connector: "tap1",
+            domain: "https://x",
+        };
+        let mut bodies: Vec<Vec<u8>> = vec![std::fs::read(inp).unwrap()];
+        for e in super::corpus::events() {
+            bodies.push(super::corpus::body_with(e.event_type, &[&e.bytes]));
+        }
+        for (file, et) in crate::test_support::FIXTURE_FILES {
+            for line in crate::test_support::fixture_lines(file) {
+                bodies.push(super::corpus::body_with(et, &[line.as_bytes()]));
+            }
+        }
+        let mut f = std::fs::File::create(out).unwrap();
+        for body in bodies {
+            let mut scanner = crate::scan::SiemScanner::new(
+                crate::platform::InMemoryBody::new(body, 1 << 20),
+                1 << 24,
+            );
+            while let Ok(Some(ev)) = scanner.next_event() {
+                let Ok(raw) = check_event(ev.bytes) else {
+                    continue;
+                };
+                let i = interpret(RawEvent {
+                    event_type: ev.event_type,
+                    raw,
+                });
+                let (r, input) = for_event(origin, &i);
+                writeln!(f, "{:?}\t{}\t{}\t{:?}", r.index, r.id, r.body, input).unwrap();
+            }
+        }
+    }
+}

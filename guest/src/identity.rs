@@ -11,6 +11,7 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::json::{Json, Object};
 use crate::parse::EventType;
 
 /// Top-level fields left out of the content hash because the API may change
@@ -18,22 +19,46 @@ use crate::parse::EventType;
 /// added here changes the ids of events without an `id`.
 pub const VOLATILE_FIELDS: &[&str] = &[];
 
-/// The record id of an event: 64 hex digits.
-pub fn event_id(event_type: EventType, event: &Map<String, Value>) -> String {
+/// The record id of an event: 64 hex digits. (The same as
+/// `event_id_of_value` gives the event parsed as a `Value`.)
+pub fn event_id(event_type: EventType, event: &Object<'_>) -> String {
+    match event.get("id").and_then(Json::as_str) {
+        Some(id) if !id.trim().is_empty() => {
+            let guid = event
+                .get("GUID")
+                .map(|g| canonical(&g.to_value()))
+                .unwrap_or_default();
+            let mut recipients = match event.get("recipient") {
+                None | Some(Json::Null) => Vec::new(),
+                Some(Json::String(s)) => vec![s.to_string()],
+                Some(Json::Array(items)) => items
+                    .iter()
+                    .map(|v| {
+                        v.as_str()
+                            .map_or_else(|| canonical(&v.to_value()), str::to_string)
+                    })
+                    .collect(),
+                Some(other) => vec![canonical(&other.to_value())],
+            };
+            recipients.sort();
+            id_key(event_type, id, guid, recipients)
+        }
+        // Without an `id`: a hash of the whole event (rare), read as a Value.
+        _ => match Json::Object(event.clone()).to_value() {
+            Value::Object(map) => event_id_of_value(event_type, &map),
+            _ => unreachable!("an object converts to an object"),
+        },
+    }
+}
+
+/// `event_id` of an event parsed as a `Value`: the definition.
+pub fn event_id_of_value(event_type: EventType, event: &Map<String, Value>) -> String {
     match event.get("id").and_then(Value::as_str) {
         Some(id) if !id.trim().is_empty() => {
             let guid = event.get("GUID").map(canonical).unwrap_or_default();
             let mut recipients = recipients(event);
             recipients.sort();
-            // A JSON list is an unambiguous encoding of the parts.
-            let key = Value::from(vec![
-                Value::from("id-v1"),
-                Value::from(event_type.as_str()),
-                Value::from(id),
-                Value::from(guid),
-                Value::from(recipients),
-            ]);
-            sha256_hex(key.to_string().as_bytes())
+            id_key(event_type, id, guid, recipients)
         }
         _ => {
             let mut text = format!("content-v1\n{}\n", event_type.as_str());
@@ -41,6 +66,19 @@ pub fn event_id(event_type: EventType, event: &Map<String, Value>) -> String {
             sha256_hex(text.as_bytes())
         }
     }
+}
+
+/// The id of an event that has an `id`, from its parts.
+fn id_key(event_type: EventType, id: &str, guid: String, recipients: Vec<String>) -> String {
+    // A JSON list is an unambiguous encoding of the parts.
+    let key = Value::from(vec![
+        Value::from("id-v1"),
+        Value::from(event_type.as_str()),
+        Value::from(id),
+        Value::from(guid),
+        Value::from(recipients),
+    ]);
+    sha256_hex(key.to_string().as_bytes())
 }
 
 /// The recipient(s): an array for messages, a single string for clicks.
@@ -124,7 +162,10 @@ mod tests {
 
     fn id_of(event_type: EventType, json: &str) -> String {
         let v: Value = serde_json::from_str(json).unwrap();
-        event_id(event_type, v.as_object().unwrap())
+        let by_value = event_id_of_value(event_type, v.as_object().unwrap());
+        let parsed = Json::parse(json).unwrap();
+        assert_eq!(event_id(event_type, parsed.as_object().unwrap()), by_value);
+        by_value
     }
 
     #[test]

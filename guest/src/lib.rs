@@ -14,6 +14,7 @@
 //! - `scan`: SIEM response bodies, streamed: each event's raw bytes in turn;
 //! - `parse`: event types, and what is read out of each event;
 //! - `identity`: record ids that make re-collection idempotent;
+//! - `json`: events read once, their text borrowed from the body;
 //! - `normalise`: ECS-style fields of each event, both API shapes;
 //! - `alerts`: native alerts, deduplicated by sender;
 //! - `alert_flush`: when alerts are committed, crash-safe;
@@ -31,6 +32,7 @@ pub mod backoff;
 pub mod collect;
 pub mod config;
 pub mod identity;
+pub mod json;
 pub mod normalise;
 pub mod parse;
 pub mod platform;

@@ -11,8 +11,13 @@
 //! Output is nested JSON (`{"email": {"sender": {"address": ..}}}`), not
 //! dotted keys.
 
+use std::borrow::Cow;
+
+use serde::ser::SerializeStruct;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Number, Value};
+
+use crate::json::{Json, Object};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -83,64 +88,47 @@ impl EventType {
 }
 
 /// The normalised fields of `event`, an item of the SIEM array of
-/// `event_type`. Err only when `event` is not an object or its event time
-/// (`messageTime` / `clickTime`) is missing or not RFC 3339.
-pub fn normalise(event_type: EventType, event: &Value) -> Result<Map<String, Value>, String> {
+/// `event_type`, borrowing its text where it needs no change. Err only when
+/// `event` is not an object or its event time (`messageTime` / `clickTime`)
+/// is missing or not RFC 3339.
+pub fn normalise<'j>(event_type: EventType, event: &'j Json<'_>) -> Result<Normalised<'j>, String> {
     let event = event
         .as_object()
         .ok_or_else(|| format!("the {} event is not a JSON object", event_type.as_str()))?;
     let time_field = event_type.time_field();
     let event_time_ms = match event.get(time_field) {
-        None | Some(Value::Null) => return Err(format!("the event has no `{time_field}`")),
-        Some(Value::String(text)) => epoch_ms_of(text)
+        None | Some(Json::Null) => return Err(format!("the event has no `{time_field}`")),
+        Some(Json::String(text)) => epoch_ms_of(text)
             .ok_or_else(|| format!("`{time_field}` is not an RFC 3339 time: {text:?}"))?,
         Some(_) => return Err(format!("`{time_field}` is not a string")),
     };
-
-    let mut fields = Map::new();
-    put_email_fields(&mut fields, event);
-
-    if let Some(ip) = text(event.get("senderIP")) {
-        put(&mut fields, "source.ip", ip.into());
-    }
-    if event_type.is_click() {
-        if let Some(url) = text(event.get("url")) {
-            put(&mut fields, "url.original", url.into());
-        }
-        if let Some(ip) = text(event.get("clickIP")) {
-            put(&mut fields, "client.ip", ip.into());
-        }
-        if let Some(agent) = text(event.get("userAgent")) {
-            put(&mut fields, "user_agent.original", agent.into());
-        }
-    }
-
-    let threats = if event_type.is_click() {
+    let click = event_type.is_click();
+    let clicked = |key: &str| if click { text(event.get(key)) } else { None };
+    let threat = if click {
         Threat::from_click(event).into_iter().collect()
     } else {
         message_threats(event.get("threatsInfoMap"))
     };
-    let latest_threat_ms = threats.iter().filter_map(|t| t.time_ms).max();
-    if !threats.is_empty() {
-        let threats = threats.iter().map(Threat::to_json).collect();
-        put(&mut fields, "threat", Value::Array(threats));
-    }
-
-    put_proofpoint_fields(&mut fields, event);
-
     // Proofpoint files an event under the later of its own time and its
     // threat's identification: that is when the event was created for us.
+    let latest_threat_ms = threat.iter().filter_map(|t| t.time_ms).max();
     let created_ms = latest_threat_ms.map_or(event_time_ms, |t| t.max(event_time_ms));
-    put(&mut fields, "timestamp", event_time_ms.into());
-    put(&mut fields, "event.created", created_ms.into());
-    put(&mut fields, "event.kind", "alert".into());
-    put(
-        &mut fields,
-        "event.category",
-        Value::Array(vec!["email".into()]),
-    );
-    put(&mut fields, "event.action", event_type.action().into());
-    Ok(fields)
+    Ok(Normalised {
+        timestamp: event_time_ms,
+        client: clicked("clickIP").map(|ip| Ip { ip }),
+        email: Email::of(event),
+        event: EventFields {
+            action: event_type.action(),
+            category: ["email"],
+            created: created_ms,
+            kind: "alert",
+        },
+        proofpoint: Proofpoint::of(event),
+        source: text(event.get("senderIP")).map(|ip| Ip { ip }),
+        threat,
+        url: clicked("url").map(|original| Original { original }),
+        user_agent: clicked("userAgent").map(|original| Original { original }),
+    })
 }
 
 /// RFC 3339 (`2022-03-21T07:52:11.000Z`, fraction optional) as epoch ms.
@@ -149,100 +137,262 @@ pub fn epoch_ms_of(text: &str) -> Option<i64> {
     i64::try_from(time.unix_timestamp_nanos() / 1_000_000).ok()
 }
 
-fn put_email_fields(fields: &mut Map<String, Value>, event: &Map<String, Value>) {
-    if let Some(sender) = address(event.get("sender")) {
-        put(fields, "email.sender.address", sender.into());
+/// Text taken from the event: borrowed when it needs no change.
+type Text<'a> = Cow<'a, str>;
+
+/// The normalised fields of one event, nested as they are stored:
+/// `{"email": {"sender": {"address": ..}}, ...}`. Serialized field order is
+/// alphabetical at every level (the order records have always had), and an
+/// absent or empty field is left out.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Normalised<'a> {
+    /// The event's own time, epoch ms: the record's `timestamp`, which the
+    /// record writes itself.
+    #[serde(skip)]
+    pub timestamp: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client: Option<Ip<'a>>,
+    #[serde(skip_serializing_if = "Email::is_empty")]
+    pub email: Email<'a>,
+    pub event: EventFields,
+    #[serde(skip_serializing_if = "Proofpoint::is_empty")]
+    pub proofpoint: Proofpoint<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<Ip<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub threat: Vec<Threat<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<Original<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<Original<'a>>,
+}
+
+impl Normalised<'_> {
+    /// The fields as a JSON object, `timestamp` included.
+    pub fn to_map(&self) -> Map<String, Value> {
+        let Ok(Value::Object(mut map)) = serde_json::to_value(self) else {
+            unreachable!("a struct serializes to an object");
+        };
+        map.insert("timestamp".into(), self.timestamp.into());
+        map
     }
-    let address_lists = [
-        ("email.from.address", "fromAddress"),
-        // A list for messages, a single string for clicks.
-        ("email.recipient.addresses", "recipient"),
-        ("email.to.address", "toAddresses"),
-        ("email.cc.address", "ccAddresses"),
-        ("email.reply_to.address", "replyToAddress"),
-    ];
-    for (path, source) in address_lists {
-        put_list(fields, path, address_list(event.get(source)));
-    }
-    if let Some(subject) = text(event.get("subject")) {
-        put(fields, "email.subject", subject.into());
-    }
-    if let Some(message_id) = message_id(event.get("messageID")) {
-        put(fields, "email.message_id", message_id.into());
-    }
-    if let Some(mailer) = text(event.get("xmailer")) {
-        put(fields, "email.x_mailer", mailer.into());
-    }
-    let attachments = attachments(event.get("messageParts"));
-    if !attachments.is_empty() {
-        let attachments = attachments.iter().map(Attachment::to_json).collect();
-        put(fields, "email.attachments", Value::Array(attachments));
+
+    /// Writes the fields into a struct being serialized (a record body).
+    pub fn serialize_fields<S: SerializeStruct>(&self, out: &mut S) -> Result<(), S::Error> {
+        if let Some(client) = &self.client {
+            out.serialize_field("client", client)?;
+        }
+        if !self.email.is_empty() {
+            out.serialize_field("email", &self.email)?;
+        }
+        out.serialize_field("event", &self.event)?;
+        if !self.proofpoint.is_empty() {
+            out.serialize_field("proofpoint", &self.proofpoint)?;
+        }
+        if let Some(source) = &self.source {
+            out.serialize_field("source", source)?;
+        }
+        if !self.threat.is_empty() {
+            out.serialize_field("threat", &self.threat)?;
+        }
+        if let Some(url) = &self.url {
+            out.serialize_field("url", url)?;
+        }
+        if let Some(user_agent) = &self.user_agent {
+            out.serialize_field("user_agent", user_agent)?;
+        }
+        Ok(())
     }
 }
 
-fn put_proofpoint_fields(fields: &mut Map<String, Value>, event: &Map<String, Value>) {
-    let scores = [
-        ("spam", "spamScore"),
-        ("phish", "phishScore"),
-        ("malware", "malwareScore"),
-        ("impostor", "impostorScore"),
-    ];
-    for (name, source) in scores {
-        if let Some(score) = number(event.get(source)) {
-            put(fields, &format!("proofpoint.scores.{name}"), score);
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Ip<'a> {
+    pub ip: Text<'a>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Original<'a> {
+    pub original: Text<'a>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventFields {
+    pub action: &'static str,
+    pub category: [&'static str; 1],
+    /// The later of the event's time and its threats' identification.
+    pub created: i64,
+    pub kind: &'static str,
+}
+
+/// `{"address": [..]}` (`from`, `to`, `cc`, `reply_to`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Addresses<'a> {
+    pub address: Vec<Text<'a>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Recipient<'a> {
+    pub addresses: Vec<Text<'a>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Sender<'a> {
+    pub address: Text<'a>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Email<'a> {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cc: Option<Addresses<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<Addresses<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recipient: Option<Recipient<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<Addresses<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<Sender<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<Addresses<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub x_mailer: Option<Text<'a>>,
+}
+
+impl<'a> Email<'a> {
+    fn of(event: &'a Object<'_>) -> Email<'a> {
+        let list = |key: &str| {
+            let address = address_list(event.get(key));
+            (!address.is_empty()).then_some(Addresses { address })
+        };
+        // A list for messages, a single string for clicks.
+        let addresses = address_list(event.get("recipient"));
+        Email {
+            attachments: attachments(event.get("messageParts")),
+            cc: list("ccAddresses"),
+            from: list("fromAddress"),
+            message_id: message_id(event.get("messageID")),
+            recipient: (!addresses.is_empty()).then_some(Recipient { addresses }),
+            reply_to: list("replyToAddress"),
+            sender: address(event.get("sender")).map(|address| Sender { address }),
+            subject: text(event.get("subject")),
+            to: list("toAddresses"),
+            x_mailer: text(event.get("xmailer")),
         }
     }
-    let texts = [
-        ("proofpoint.guid", "GUID"),
-        ("proofpoint.qid", "QID"),
-        ("proofpoint.id", "id"),
-        ("proofpoint.quarantine.folder", "quarantineFolder"),
-        ("proofpoint.quarantine.rule", "quarantineRule"),
-    ];
-    for (path, source) in texts {
-        if let Some(value) = text(event.get(source)) {
-            put(fields, path, value.into());
+
+    fn is_empty(&self) -> bool {
+        *self == Email::default()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Quarantine<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub folder: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<Text<'a>>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Scores {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impostor: Option<Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub malware: Option<Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phish: Option<Number>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spam: Option<Number>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Proofpoint<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completely_rewritten: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guid: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_size: Option<Number>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub modules_run: Vec<Text<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policy_routes: Vec<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qid: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<Quarantine<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scores: Option<Scores>,
+}
+
+impl<'a> Proofpoint<'a> {
+    fn of(event: &'a Object<'_>) -> Proofpoint<'a> {
+        let scores = Scores {
+            impostor: number(event.get("impostorScore")),
+            malware: number(event.get("malwareScore")),
+            phish: number(event.get("phishScore")),
+            spam: number(event.get("spamScore")),
+        };
+        let quarantine = Quarantine {
+            folder: text(event.get("quarantineFolder")),
+            rule: text(event.get("quarantineRule")),
+        };
+        Proofpoint {
+            cluster: text(first_present(event, &["cluster", "clusterId"])),
+            completely_rewritten: boolean(event.get("completelyRewritten")),
+            guid: text(event.get("GUID")),
+            id: text(event.get("id")),
+            message_size: number(event.get("messageSize")),
+            modules_run: text_list(event.get("modulesRun")),
+            policy_routes: text_list(event.get("policyRoutes")),
+            qid: text(event.get("QID")),
+            quarantine: (quarantine != Quarantine::default()).then_some(quarantine),
+            scores: (scores != Scores::default()).then_some(scores),
         }
     }
-    if let Some(cluster) = text(first_present(event, &["cluster", "clusterId"])) {
-        put(fields, "proofpoint.cluster", cluster.into());
-    }
-    if let Some(rewritten) = boolean(event.get("completelyRewritten")) {
-        put(fields, "proofpoint.completely_rewritten", rewritten.into());
-    }
-    put_list(
-        fields,
-        "proofpoint.policy_routes",
-        text_list(event.get("policyRoutes")),
-    );
-    put_list(
-        fields,
-        "proofpoint.modules_run",
-        text_list(event.get("modulesRun")),
-    );
-    if let Some(size) = number(event.get("messageSize")) {
-        put(fields, "proofpoint.message_size", size);
+
+    fn is_empty(&self) -> bool {
+        *self == Proofpoint::default()
     }
 }
 
 /// One threat, from a `threatsInfoMap[]` item or from a click's flat fields.
-/// Field order is the sort order, so a message's threats come out sorted by id.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
-struct Threat {
-    id: Option<String>,
-    value: Option<String>,
-    url: Option<String>,
-    status: Option<String>,
-    classification: Option<String>,
-    kind: Option<String>,
-    campaign_id: Option<String>,
-    time_ms: Option<i64>,
+/// Serialized in alphabetical key order; sorted by id (then the rest) so a
+/// message's threats come out in a stable order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Threat<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign_id: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub classification: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Text<'a>>,
+    #[serde(rename = "time", skip_serializing_if = "Option::is_none")]
+    pub time_ms: Option<i64>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<Text<'a>>,
 }
 
-impl Threat {
+impl<'a> Threat<'a> {
     /// `value_field` holds what was found malicious: `threat` in a message's
     /// threat, the clicked `url` in a click.
-    fn from_fields(fields: &Map<String, Value>, value_field: &str) -> Threat {
+    fn from_fields(fields: &'a Object<'_>, value_field: &str) -> Threat<'a> {
         Threat {
             id: text(first_present(fields, &["threatID", "threatId"])),
             value: text(fields.get(value_field)),
@@ -253,18 +403,18 @@ impl Threat {
             campaign_id: text(first_present(fields, &["campaignID", "campaignId"])),
             time_ms: fields
                 .get("threatTime")
-                .and_then(Value::as_str)
+                .and_then(Json::as_str)
                 .and_then(epoch_ms_of),
         }
     }
 
-    fn from_click(click: &Map<String, Value>) -> Option<Threat> {
+    fn from_click(click: &'a Object<'_>) -> Option<Threat<'a>> {
         let mut threat = Threat::from_fields(click, "url");
         if threat.is_empty() {
             return None;
         }
         // Clicks carry no `threatType`: what was clicked is always a URL.
-        threat.kind.get_or_insert_with(|| "url".to_string());
+        threat.kind.get_or_insert(Cow::Borrowed("url"));
         Some(threat)
     }
 
@@ -272,190 +422,204 @@ impl Threat {
         *self == Threat::default()
     }
 
-    fn to_json(&self) -> Value {
-        let mut threat = Map::new();
-        let texts = [
-            ("id", &self.id),
-            ("status", &self.status),
-            ("classification", &self.classification),
-            ("type", &self.kind),
-            ("value", &self.value),
-            ("url", &self.url),
-            ("campaign_id", &self.campaign_id),
-        ];
-        for (name, value) in texts {
-            if let Some(value) = value {
-                threat.insert(name.to_string(), value.clone().into());
-            }
-        }
-        if let Some(time_ms) = self.time_ms {
-            threat.insert("time".to_string(), time_ms.into());
-        }
-        Value::Object(threat)
+    /// The order threats are listed in: id, value, url, status,
+    /// classification, type, campaign, time.
+    fn sort_key(&self) -> impl Ord + '_ {
+        (
+            &self.id,
+            &self.value,
+            &self.url,
+            &self.status,
+            &self.classification,
+            &self.kind,
+            &self.campaign_id,
+            self.time_ms,
+        )
     }
 }
 
-fn message_threats(threats_info_map: Option<&Value>) -> Vec<Threat> {
-    let Some(Value::Array(items)) = threats_info_map else {
+fn message_threats<'a>(threats_info_map: Option<&'a Json<'_>>) -> Vec<Threat<'a>> {
+    let Some(Json::Array(items)) = threats_info_map else {
         return Vec::new();
     };
     let mut threats: Vec<Threat> = items
         .iter()
-        .filter_map(Value::as_object)
+        .filter_map(Json::as_object)
         .map(|item| Threat::from_fields(item, "threat"))
         .filter(|threat| !threat.is_empty())
         .collect();
-    threats.sort();
+    threats.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     threats.dedup();
     threats
 }
 
-/// One `messageParts[]` item. Field order is the sort order: by sha256, then
-/// name, since Proofpoint lists parts in random order.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
-struct Attachment {
-    sha256: Option<String>,
-    name: Option<String>,
-    md5: Option<String>,
-    mime_type: Option<String>,
-    sandbox_status: Option<String>,
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Hash<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub md5: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Text<'a>>,
 }
 
-impl Attachment {
-    fn from_part(part: &Map<String, Value>) -> Attachment {
-        Attachment {
-            sha256: lower_text(part.get("sha256")),
-            name: text(part.get("filename")),
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct File<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash: Option<Hash<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mime_type: Option<Text<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<Text<'a>>,
+}
+
+/// One `messageParts[]` item. Sorted by sha256, then name, since Proofpoint
+/// lists parts in random order.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Attachment<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<File<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sandbox_status: Option<Text<'a>>,
+}
+
+impl<'a> Attachment<'a> {
+    fn from_part(part: &'a Object<'_>) -> Attachment<'a> {
+        let hash = Hash {
             md5: lower_text(part.get("md5")),
+            sha256: lower_text(part.get("sha256")),
+        };
+        let file = File {
+            hash: (hash != Hash::default()).then_some(hash),
             mime_type: text(first_present(part, &["contentType", "oContentType"])),
+            name: text(part.get("filename")),
+        };
+        Attachment {
+            file: (file != File::default()).then_some(file),
             sandbox_status: text(part.get("sandboxStatus")),
         }
     }
 
-    fn to_json(&self) -> Value {
-        let mut hash = Map::new();
-        if let Some(md5) = &self.md5 {
-            hash.insert("md5".to_string(), md5.clone().into());
-        }
-        if let Some(sha256) = &self.sha256 {
-            hash.insert("sha256".to_string(), sha256.clone().into());
-        }
-        let mut file = Map::new();
-        if let Some(name) = &self.name {
-            file.insert("name".to_string(), name.clone().into());
-        }
-        if let Some(mime_type) = &self.mime_type {
-            file.insert("mime_type".to_string(), mime_type.clone().into());
-        }
-        if !hash.is_empty() {
-            file.insert("hash".to_string(), Value::Object(hash));
-        }
-        let mut attachment = Map::new();
-        if !file.is_empty() {
-            attachment.insert("file".to_string(), Value::Object(file));
-        }
-        if let Some(status) = &self.sandbox_status {
-            attachment.insert("sandbox_status".to_string(), status.clone().into());
-        }
-        Value::Object(attachment)
+    /// sha256, name, md5, mime type, sandbox status.
+    fn sort_key(&self) -> impl Ord + '_ {
+        let file = self.file.as_ref();
+        let hash = file.and_then(|f| f.hash.as_ref());
+        (
+            hash.and_then(|h| h.sha256.as_ref()),
+            file.and_then(|f| f.name.as_ref()),
+            hash.and_then(|h| h.md5.as_ref()),
+            file.and_then(|f| f.mime_type.as_ref()),
+            self.sandbox_status.as_ref(),
+        )
     }
 }
 
-fn attachments(message_parts: Option<&Value>) -> Vec<Attachment> {
-    let Some(Value::Array(parts)) = message_parts else {
+fn attachments<'a>(message_parts: Option<&'a Json<'_>>) -> Vec<Attachment<'a>> {
+    let Some(Json::Array(parts)) = message_parts else {
         return Vec::new();
     };
     let mut attachments: Vec<Attachment> = parts
         .iter()
-        .filter_map(Value::as_object)
+        .filter_map(Json::as_object)
         .map(Attachment::from_part)
         .filter(|attachment| *attachment != Attachment::default())
         .collect();
-    attachments.sort();
+    attachments.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     attachments
 }
 
 /// The first of `keys` whose value is not null: the live and documented
 /// spellings of one field.
-fn first_present<'v>(fields: &'v Map<String, Value>, keys: &[&str]) -> Option<&'v Value> {
+fn first_present<'v, 'a>(fields: &'v Object<'a>, keys: &[&str]) -> Option<&'v Json<'a>> {
     keys.iter()
         .filter_map(|key| fields.get(*key))
         .find(|value| !value.is_null())
 }
 
 /// A string field, trimmed; None when absent, not a string or blank.
-fn text(value: Option<&Value>) -> Option<String> {
+fn text<'v>(value: Option<&'v Json<'_>>) -> Option<Text<'v>> {
     let trimmed = value?.as_str()?.trim();
-    (!trimmed.is_empty()).then(|| trimmed.to_string())
+    (!trimmed.is_empty()).then_some(Cow::Borrowed(trimmed))
+}
+
+/// `text` in lower case (copied only when it has capitals).
+fn lower(text: Text<'_>) -> Text<'_> {
+    if text.is_ascii() && !text.bytes().any(|b| b.is_ascii_uppercase()) {
+        text
+    } else {
+        Cow::Owned(text.to_lowercase())
+    }
 }
 
 /// Enumerations (`classification`, `threatType`, `threatStatus`) and hashes:
 /// the documented shape is upper case, the live one lower case.
-fn lower_text(value: Option<&Value>) -> Option<String> {
-    text(value).map(|s| s.to_lowercase())
+fn lower_text<'v>(value: Option<&'v Json<'_>>) -> Option<Text<'v>> {
+    text(value).map(lower)
 }
 
 /// An email address, lower-cased and trimmed (the raw event keeps the original).
-fn address(value: Option<&Value>) -> Option<String> {
+fn address<'v>(value: Option<&'v Json<'_>>) -> Option<Text<'v>> {
     lower_text(value)
 }
 
 /// An address list: an array of strings, or a single string (a click's
 /// `recipient`, the documented `fromAddress`). Blank and repeated entries are
 /// dropped; order is kept.
-fn address_list(value: Option<&Value>) -> Vec<String> {
-    let mut addresses = text_list(value);
-    for address in &mut addresses {
-        *address = address.to_lowercase();
+fn address_list<'v>(value: Option<&'v Json<'_>>) -> Vec<Text<'v>> {
+    let mut addresses: Vec<Text> = text_list(value).into_iter().map(lower).collect();
+    // Lists are short: a quadratic check beats a set here.
+    let mut kept = 0;
+    for i in 0..addresses.len() {
+        if !addresses[..kept].contains(&addresses[i]) {
+            addresses.swap(kept, i);
+            kept += 1;
+        }
     }
-    let mut seen = std::collections::BTreeSet::new();
-    addresses.retain(|address| seen.insert(address.clone()));
+    addresses.truncate(kept);
     addresses
 }
 
 /// An array of strings or a single string, trimmed, blanks and non-strings dropped.
-fn text_list(value: Option<&Value>) -> Vec<String> {
+fn text_list<'v>(value: Option<&'v Json<'_>>) -> Vec<Text<'v>> {
     match value {
-        Some(Value::Array(items)) => items.iter().filter_map(|item| text(Some(item))).collect(),
-        Some(single @ Value::String(_)) => text(Some(single)).into_iter().collect(),
+        Some(Json::Array(items)) => items.iter().filter_map(|item| text(Some(item))).collect(),
+        Some(single @ Json::String(_)) => text(Some(single)).into_iter().collect(),
         _ => Vec::new(),
     }
 }
 
 /// `messageID` without the angle brackets mail headers wrap it in.
-fn message_id(value: Option<&Value>) -> Option<String> {
-    let id = text(value)?;
+fn message_id<'v>(value: Option<&'v Json<'_>>) -> Option<Text<'v>> {
+    let id = value?.as_str()?.trim();
     let unwrapped = id
         .strip_prefix('<')
         .and_then(|rest| rest.strip_suffix('>'))
-        .unwrap_or(&id)
+        .unwrap_or(id)
         .trim();
-    (!unwrapped.is_empty()).then(|| unwrapped.to_string())
+    (!unwrapped.is_empty()).then_some(Cow::Borrowed(unwrapped))
 }
 
 /// A JSON number; a whole float (`0.0`, as the live API sends
 /// `impostorScore`) becomes an integer so both shapes normalise alike.
-fn number(value: Option<&Value>) -> Option<Value> {
-    let Value::Number(number) = value? else {
+fn number(value: Option<&Json<'_>>) -> Option<Number> {
+    let Json::Number(number) = value? else {
         return None;
     };
     if number.is_i64() || number.is_u64() {
-        return Some(Value::Number(number.clone()));
+        return Some(number.clone());
     }
     let float = number.as_f64()?;
     // Beyond 2^53 a float no longer holds every integer exactly.
     if float.fract() == 0.0 && float.abs() < 9_007_199_254_740_992.0 {
         Some((float as i64).into())
     } else {
-        Number::from_f64(float).map(Value::Number)
+        Number::from_f64(float)
     }
 }
 
 /// `completelyRewritten`: a boolean live, `"true"`/`"false"`/`"na"` documented.
-fn boolean(value: Option<&Value>) -> Option<bool> {
+fn boolean(value: Option<&Json<'_>>) -> Option<bool> {
     match value? {
-        Value::Bool(flag) => Some(*flag),
-        Value::String(text) => match text.trim().to_ascii_lowercase().as_str() {
+        Json::Bool(flag) => Some(*flag),
+        Json::String(text) => match text.trim().to_ascii_lowercase().as_str() {
             "true" => Some(true),
             "false" => Some(false),
             _ => None,
@@ -464,38 +628,16 @@ fn boolean(value: Option<&Value>) -> Option<bool> {
     }
 }
 
-fn put_list(fields: &mut Map<String, Value>, path: &str, items: Vec<String>) {
-    if !items.is_empty() {
-        put(
-            fields,
-            path,
-            Value::Array(items.into_iter().map(Value::from).collect()),
-        );
-    }
-}
-
-/// Set `value` at the dotted `path`, creating the nested objects on the way.
-fn put(fields: &mut Map<String, Value>, path: &str, value: Value) {
-    let (parents, leaf) = match path.rsplit_once('.') {
-        Some((parents, leaf)) => (Some(parents), leaf),
-        None => (None, path),
-    };
-    let mut node = fields;
-    for key in parents.into_iter().flat_map(|p| p.split('.')) {
-        let child = node
-            .entry(key.to_string())
-            .or_insert_with(|| Value::Object(Map::new()));
-        if !child.is_object() {
-            *child = Value::Object(Map::new());
-        }
-        node = child.as_object_mut().expect("just made an object");
-    }
-    node.insert(leaf.to_string(), value);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The normalised fields as a JSON object (what the tests look into).
+    fn normalise(event_type: EventType, event: &Value) -> Result<Map<String, Value>, String> {
+        let text = event.to_string();
+        let json = Json::parse(&text).expect("a Value is JSON");
+        super::normalise(event_type, &json).map(|n| n.to_map())
+    }
     use serde_json::json;
 
     const FIXTURES: [(&str, EventType, &str); 4] = [
@@ -1150,17 +1292,5 @@ mod tests {
             let error = normalise(event_type, event).expect_err("refused");
             assert!(error.contains(expected), "{event}: {error}");
         }
-    }
-
-    #[test]
-    fn put_nests_and_keeps_siblings() {
-        let mut fields = Map::new();
-        put(&mut fields, "email.sender.address", "a".into());
-        put(&mut fields, "email.subject", "s".into());
-        put(&mut fields, "timestamp", 1.into());
-        assert_eq!(
-            Value::Object(fields),
-            json!({"email": {"sender": {"address": "a"}, "subject": "s"}, "timestamp": 1})
-        );
     }
 }

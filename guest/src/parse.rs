@@ -7,7 +7,8 @@
 //! window.
 
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+
+use crate::json::{Json, Object};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -134,7 +135,7 @@ pub struct Interpreted<'a> {
     pub outcome: Outcome,
     /// The event parsed (a JSON object), when it could be: what later steps
     /// (normalisation) read, so the event is parsed once.
-    pub value: Option<Value>,
+    pub value: Option<Json<'a>>,
 }
 
 /// Read the fields the connector needs out of one event.
@@ -147,11 +148,11 @@ pub fn interpret(event: RawEvent<'_>) -> Interpreted<'_> {
         outcome: Outcome::Quarantine { reason },
         value: None,
     };
-    let value: Value = match serde_json::from_str(raw.get()) {
+    let value = match Json::parse(raw.get()) {
         Ok(v) => v,
         Err(e) => return quarantine(format!("the event could not be read as JSON ({e})")),
     };
-    let Value::Object(map) = value else {
+    let Json::Object(map) = value else {
         return quarantine(format!(
             "the event is not a JSON object but {}",
             json_kind(&value)
@@ -161,7 +162,7 @@ pub fn interpret(event: RawEvent<'_>) -> Interpreted<'_> {
     let field = event_type.time_field();
     let outcome = match map
         .get(field)
-        .and_then(Value::as_str)
+        .and_then(Json::as_str)
         .and_then(parse_event_time)
     {
         Some(t) => Outcome::Event {
@@ -170,8 +171,11 @@ pub fn interpret(event: RawEvent<'_>) -> Interpreted<'_> {
         },
         None => Outcome::Quarantine {
             reason: match map.get(field) {
-                None | Some(Value::Null) => format!("the event has no `{field}`"),
-                Some(v) => format!("the event's `{field}` ({v}) is not an RFC 3339 time"),
+                None | Some(Json::Null) => format!("the event has no `{field}`"),
+                Some(v) => format!(
+                    "the event's `{field}` ({}) is not an RFC 3339 time",
+                    v.to_value()
+                ),
             },
         },
     };
@@ -180,17 +184,17 @@ pub fn interpret(event: RawEvent<'_>) -> Interpreted<'_> {
         raw,
         threat_ids,
         outcome,
-        value: Some(Value::Object(map)),
+        value: Some(Json::Object(map)),
     }
 }
 
 /// Threat ids named by an event: `threatsInfoMap[].threatID` for messages,
 /// the top-level `threatID` for clicks; the documented `threatId` too.
-pub fn threat_ids(event: &Map<String, Value>) -> Vec<String> {
-    fn id_of(map: &Map<String, Value>) -> Option<&str> {
+pub fn threat_ids(event: &Object<'_>) -> Vec<String> {
+    fn id_of<'o>(map: &'o Object<'_>) -> Option<&'o str> {
         ["threatID", "threatId"]
             .iter()
-            .filter_map(|k| map.get(*k).and_then(Value::as_str))
+            .filter_map(|k| map.get(k).and_then(Json::as_str))
             .map(str::trim)
             .find(|s| !s.is_empty())
     }
@@ -203,7 +207,7 @@ pub fn threat_ids(event: &Map<String, Value>) -> Vec<String> {
     if let Some(id) = id_of(event) {
         push(id);
     }
-    if let Some(Value::Array(threats)) = event.get("threatsInfoMap") {
+    if let Some(Json::Array(threats)) = event.get("threatsInfoMap") {
         for threat in threats {
             if let Some(id) = threat.as_object().and_then(id_of) {
                 push(id);
@@ -222,14 +226,14 @@ pub fn epoch_ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn json_kind(v: &Value) -> &'static str {
+fn json_kind(v: &Json<'_>) -> &'static str {
     match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "a list",
+        Json::Object(_) => "an object",
     }
 }
 
@@ -237,6 +241,7 @@ fn json_kind(v: &Value) -> &'static str {
 mod tests {
     use super::*;
     use crate::test_support::{fixture_lines, FIXTURE_FILES};
+    use serde_json::Value;
 
     #[test]
     fn every_fixture_line_parses() {
@@ -347,7 +352,7 @@ mod tests {
 
     #[test]
     fn threat_ids_from_both_spellings() {
-        let v: Value = serde_json::from_str(
+        let v = Json::parse(
             r#"{"threatsInfoMap":[{"threatID":"a"},{"threatId":"b"},{"threatID":"a"},{"threatID":""},{"threatID":null}],"threatId":"c"}"#,
         )
         .unwrap();

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 use crate::alerts::{AlertFacts, AlertInput};
 use crate::config::Config;
 use crate::identity;
-use crate::normalise;
+use crate::normalise::{self, Normalised};
 use crate::parse::{EventType, Interpreted, Outcome};
 use crate::platform::{Index, Record, WriteMode};
 use crate::windows::Gap;
@@ -52,22 +52,36 @@ const MSG_ORIGIN: MsgOrigin = MsgOrigin {
     category: "email",
 };
 
-#[derive(Serialize)]
 struct EventBody<'a> {
-    msg_class: &'static str,
-    msg_origin: MsgOrigin,
-    tenant_name: &'a str,
-    connector: &'a str,
-    domain: &'a str,
+    origin: Origin<'a>,
     event_type: &'static str,
     /// The event's own time, epoch milliseconds.
     timestamp: i64,
     event_id: &'a str,
     /// The normalised (ECS-style) fields: `email`, `source`, `threat`, ...
-    #[serde(flatten)]
-    normalised: serde_json::Map<String, serde_json::Value>,
+    normalised: Option<&'a Normalised<'a>>,
     /// The original event, byte for byte.
     proofpoint_tap: &'a RawValue,
+}
+
+impl Serialize for EventBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut body = s.serialize_struct("EventBody", 18)?;
+        body.serialize_field("msg_class", EVENT_CLASS)?;
+        body.serialize_field("msg_origin", &MSG_ORIGIN)?;
+        body.serialize_field("tenant_name", self.origin.tenant)?;
+        body.serialize_field("connector", self.origin.connector)?;
+        body.serialize_field("domain", self.origin.domain)?;
+        body.serialize_field("event_type", self.event_type)?;
+        body.serialize_field("timestamp", &self.timestamp)?;
+        body.serialize_field("event_id", self.event_id)?;
+        if let Some(fields) = self.normalised {
+            fields.serialize_fields(&mut body)?;
+        }
+        body.serialize_field("proofpoint_tap", self.proofpoint_tap)?;
+        body.end()
+    }
 }
 
 #[derive(Serialize)]
@@ -159,94 +173,55 @@ fn to_json_around<T: Serialize>(body: &T, raw_len: usize, origin: Origin<'_>) ->
 /// from the normalised fields while they are at hand, so the record body is
 /// never parsed again.
 pub fn for_event(origin: Origin<'_>, event: &Interpreted<'_>) -> (Record, Option<AlertInput>) {
-    match &event.outcome {
-        Outcome::Event { id, time_ms } => {
-            let fields = normalised_fields(event.event_type, event.raw, event.value.as_ref());
-            let input =
-                normalise::EventType::from_array(event.event_type.array()).map(|kind| AlertInput {
-                    event_type: kind,
-                    time_ms: *time_ms,
-                    facts: AlertFacts::from_normalised(&fields),
-                });
-            let record = event_record(origin, event.event_type, event.raw, fields, id, *time_ms);
-            (record, input)
+    let (id, time_ms) = match &event.outcome {
+        Outcome::Event { id, time_ms } => (id, *time_ms),
+        Outcome::Quarantine { reason } => {
+            return (
+                quarantine_record(origin, event.event_type, event.raw, reason),
+                None,
+            )
         }
-        Outcome::Quarantine { reason } => (
-            quarantine_record(origin, event.event_type, event.raw, reason),
-            None,
-        ),
-    }
-}
-
-/// The Syslog record of an event with its normalised `fields`.
-fn event_record(
-    origin: Origin<'_>,
-    event_type: EventType,
-    raw: &RawValue,
-    fields: serde_json::Map<String, serde_json::Value>,
-    id: &str,
-    time_ms: i64,
-) -> Record {
-    Record {
+    };
+    let kind = normalise::EventType::from_array(event.event_type.array());
+    let reparsed;
+    let value = match &event.value {
+        Some(v) => Some(v),
+        None => {
+            reparsed = crate::json::Json::parse(event.raw.get()).ok();
+            reparsed.as_ref()
+        }
+    };
+    // An event normalise cannot read keeps only its raw form (it was already
+    // judged readable enough to store).
+    let fields = kind
+        .zip(value)
+        .and_then(|(kind, value)| normalise::normalise(kind, value).ok());
+    let input = kind.map(|kind| AlertInput {
+        event_type: kind,
+        time_ms,
+        facts: fields
+            .as_ref()
+            .map(AlertFacts::from_event)
+            .unwrap_or_default(),
+    });
+    let record = Record {
         index: Index::Syslog,
         id: id.to_string(),
         body: to_json_around(
             &EventBody {
-                msg_class: EVENT_CLASS,
-                msg_origin: MSG_ORIGIN,
-                tenant_name: origin.tenant,
-                connector: origin.connector,
-                domain: origin.domain,
-                event_type: event_type.as_str(),
+                origin,
+                event_type: event.event_type.as_str(),
                 timestamp: time_ms,
                 event_id: id,
-                normalised: fields,
-                proofpoint_tap: raw,
+                normalised: fields.as_ref(),
+                proofpoint_tap: event.raw,
             },
-            raw.get().len(),
+            event.raw.get().len(),
             origin,
         ),
         mode: WriteMode::Insert,
-    }
-}
-
-/// The normalised fields of an event, without the ones the record sets
-/// itself. An event normalise cannot read keeps only its raw form (it was
-/// already judged readable enough to store).
-fn normalised_fields(
-    event_type: EventType,
-    raw: &RawValue,
-    parsed: Option<&serde_json::Value>,
-) -> serde_json::Map<String, serde_json::Value> {
-    let Some(kind) = normalise::EventType::from_array(event_type.array()) else {
-        return serde_json::Map::new();
     };
-    let reparsed;
-    let value = match parsed {
-        Some(v) => v,
-        None => match serde_json::from_str::<serde_json::Value>(raw.get()) {
-            Ok(v) => {
-                reparsed = v;
-                &reparsed
-            }
-            Err(_) => return serde_json::Map::new(),
-        },
-    };
-    let mut fields = normalise::normalise(kind, value).unwrap_or_default();
-    for own in [
-        "timestamp",
-        "msg_class",
-        "event_type",
-        "tenant_name",
-        "connector",
-        "domain",
-        "event_id",
-        "proofpoint_tap",
-        "msg_origin",
-    ] {
-        fields.remove(own);
-    }
-    fields
+    (record, input)
 }
 
 pub fn quarantine_record(
