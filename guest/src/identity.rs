@@ -308,3 +308,41 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod stability {
+    use super::*;
+    use crate::parse::{interpret, Outcome, RawEvent};
+    use crate::test_support::{fixture_lines, FIXTURE_FILES};
+
+    /// Record ids must never change from one version to the next: a store
+    /// upgraded in place would store every re-collected event again. This
+    /// digest of the fixture events' ids pins them.
+    #[test]
+    fn fixture_event_ids_never_change() {
+        let mut all = String::new();
+        for (file, event_type) in FIXTURE_FILES {
+            for line in fixture_lines(file) {
+                if line.contains("\"queryEndTime\"") {
+                    continue;
+                }
+                let raw = serde_json::value::RawValue::from_string(line).unwrap();
+                let Outcome::Event { id, .. } = interpret(RawEvent {
+                    event_type,
+                    raw: &raw,
+                })
+                .outcome
+                else {
+                    panic!("a fixture event is quarantined");
+                };
+                all.push_str(&id);
+                all.push('\n');
+            }
+        }
+        assert_eq!(
+            sha256_hex(all.as_bytes()),
+            "8b30d0e3f54b5331615359047cf7bc9adecc7ff7338aeaccdf42f7467b863ce0",
+            "{all}"
+        );
+    }
+}
