@@ -285,7 +285,7 @@ pub fn search(config_path: &Path, req: &SearchRequest) -> Result<ExitCode> {
         must_contain: query.prefilter(),
     };
     let (format, count_only, limit) = (req.format, req.count_only, req.limit);
-    let store = Store::open(&config.host.data_dir)?;
+    let store = Store::for_host(&config.host)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut matched = 0usize;
     let mut rows = Vec::new();
@@ -362,7 +362,7 @@ fn write_table(out: &mut impl Write, rows: &[[String; 6]]) -> std::io::Result<()
 /// `dphost status`: one row per configured connector, from the store.
 pub fn status(config_path: &Path, json: bool) -> Result<ExitCode> {
     let config = Config::load(config_path)?;
-    let store = Store::open(&config.host.data_dir)?;
+    let store = Store::for_host(&config.host)?;
     let now_ms = config.host.clock().now_ms()?;
     let status = crate::status::host(&config, &store, now_ms)?;
     let mut out = std::io::stdout().lock();

@@ -15,7 +15,6 @@
 
 use crate::store::Store;
 use anyhow::Result;
-use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -95,57 +94,36 @@ pub enum Lease {
     },
 }
 
-pub const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS response_lease (
-    id         INTEGER PRIMARY KEY CHECK (id = 1),
-    owner      TEXT NOT NULL,
-    expires_ms INTEGER NOT NULL
-);
-";
-
 /// Takes the lease for `ttl_ms`, or renews it: free, expired, ours or held
-/// by a dead process -> ours. One IMMEDIATE transaction, so two processes
-/// cannot both succeed.
+/// by a dead process -> ours. Each try is one transaction in the store, so
+/// two processes cannot both succeed; a dead holder is replaced only if it
+/// still holds the lease when the second try runs.
 pub fn take(store: &Store, me: &Owner, ttl_ms: i64) -> Result<Lease> {
     let mine = serde_json::to_string(me)?;
-    store.write_tx(|tx| {
-        let now = crate::store::now_ms();
-        let current: Option<(String, i64)> = tx
-            .query_row(
-                "SELECT owner, expires_ms FROM response_lease WHERE id = 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        if let Some((owner, until_ms)) = current {
-            let holder: Option<Owner> = serde_json::from_str(&owner).ok();
-            let free = owner == mine || until_ms <= now || holder.as_ref().is_some_and(Owner::is_dead);
-            if !free {
-                return Ok(Lease::Busy {
-                    holder: holder.map(|h| h.describe()).unwrap_or(owner),
-                    until_ms,
-                });
-            }
+    let Some(held) = store.response_lease_take(&mine, ttl_ms, None)? else {
+        return Ok(Lease::Held);
+    };
+    let holder: Option<Owner> = serde_json::from_str(&held.owner).ok();
+    if holder.as_ref().is_some_and(Owner::is_dead) {
+        match store.response_lease_take(&mine, ttl_ms, Some(&held.owner))? {
+            None => return Ok(Lease::Held),
+            Some(other) => return Ok(busy(other)),
         }
-        tx.execute(
-            "INSERT INTO response_lease (id, owner, expires_ms) VALUES (1, ?1, ?2)
-             ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, expires_ms = excluded.expires_ms",
-            params![mine, now + ttl_ms],
-        )?;
-        Ok(Lease::Held)
-    })
+    }
+    Ok(busy(held))
+}
+
+fn busy(held: crate::store::LeaseHolder) -> Lease {
+    let holder: Option<Owner> = serde_json::from_str(&held.owner).ok();
+    Lease::Busy {
+        holder: holder.map(|h| h.describe()).unwrap_or(held.owner),
+        until_ms: held.until_ms,
+    }
 }
 
 /// Gives the lease back if `me` holds it.
 pub fn release(store: &Store, me: &Owner) -> Result<()> {
-    let mine = serde_json::to_string(me)?;
-    store.write_tx(|tx| {
-        tx.execute(
-            "DELETE FROM response_lease WHERE id = 1 AND owner = ?1",
-            params![mine],
-        )?;
-        Ok(())
-    })
+    store.response_lease_release(&serde_json::to_string(me)?)
 }
 
 #[cfg(test)]
@@ -155,7 +133,6 @@ mod tests {
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.write_tx(|tx| Ok(tx.execute_batch(SCHEMA)?)).unwrap();
         (dir, store)
     }
 

@@ -159,7 +159,6 @@ fn backoff_ms(failures: i64) -> i64 {
 
 impl Worker {
     pub fn new(config: Arc<Config>, store: Arc<Store>) -> Result<Worker> {
-        outbox::ensure_schema(&store)?;
         let clock = config.host.clock();
         let longest_op_ms = config
             .ad
@@ -873,40 +872,47 @@ mod tests {
         Worker::new(Arc::new(config), store).unwrap()
     }
 
+    /// A queued `disable-user` action of bob@corp.test in [[ad]] `gone`.
+    fn queued(w: &Worker) -> Action {
+        let batch = crate::store::Batch {
+            actions: vec![crate::store::NewAction {
+                id: "a1".into(),
+                kind: "disable-user".into(),
+                target: "bob@corp.test".into(),
+                reason: "test".into(),
+                params: json!({"ad": "gone", "duration_ms": 3_600_000, "alert_id": "al1"})
+                    .to_string(),
+            }],
+            ..Default::default()
+        };
+        let owner = crate::store::Owner {
+            connector: "c".into(),
+            tenant: "t".into(),
+        };
+        w.store.commit(&owner, &batch).unwrap();
+        let due = outbox::due(&w.store, i64::MAX, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        due.into_iter().next().unwrap()
+    }
+
     /// An action that disabled `dn` in [[ad]] `gone` and expires at `expires`.
     fn disabled_by_us(w: &Worker, expires: i64) -> i64 {
-        w.store
-            .write_tx(|tx| {
-                tx.execute(
-                    "INSERT INTO outbox (connector, tenant, action_id, kind, target, reason, params, status, attempts, outcome, created_ms, updated_ms)
-                     VALUES ('c', 't', 'a1', 'disable-user', 'bob@corp.test', 'test', ?1, 'done', 1, 'done', 0, 0)",
-                    [json!({"ad": "gone", "duration_ms": 3_600_000, "alert_id": "al1"}).to_string()],
-                )?;
-                let seq = tx.last_insert_rowid();
-                tx.execute(
-                    "INSERT INTO response_progress (outbox_seq, expires_ms) VALUES (?1, ?2)",
-                    rusqlite::params![seq, expires],
-                )?;
-                tx.execute(
-                    "INSERT INTO response_accounts (outbox_seq, dn, old_uac, state) VALUES (?1, 'CN=bob', 512, 'set')",
-                    [seq],
-                )?;
-                Ok(seq)
-            })
-            .unwrap()
+        let a = queued(w);
+        assert!(outbox::claim(&w.store, &a, None).unwrap());
+        outbox::set_account(&w.store, &a, "CN=bob", Some(512), "set", None).unwrap();
+        outbox::finish(&w.store, &a, "done", "done", Some(expires), None).unwrap();
+        a.seq
     }
 
     fn audits(w: &Worker) -> Vec<Value> {
+        let mut out = Vec::new();
         w.store
-            .read(|c| {
-                let mut stmt =
-                    c.prepare("SELECT body FROM records WHERE idx = 'actions' ORDER BY seq")?;
-                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-                Ok(rows
-                    .map(|b| serde_json::from_str(&b.unwrap()).unwrap())
-                    .collect())
+            .scan(crate::store::Index::Actions, &Default::default(), |r| {
+                out.push(serde_json::from_str(&r.body).unwrap());
+                Ok(true)
             })
-            .unwrap()
+            .unwrap();
+        out
     }
 
     #[tokio::test]
@@ -978,32 +984,22 @@ mod tests {
     fn a_claim_fails_once_another_pass_claimed_or_ended_the_action() {
         let dir = tempfile::tempdir().unwrap();
         let w = worker(dir.path());
-        let seq = disabled_by_us(&w, 0);
-        w.store
-            .write_tx(|tx| {
-                Ok(tx.execute(
-                    "UPDATE outbox SET status = 'pending', attempts = 0 WHERE seq = ?1",
-                    [seq],
-                )?)
-            })
-            .unwrap();
+        queued(&w);
         let listed = outbox::due(&w.store, i64::MAX, 10).unwrap();
         assert_eq!(listed.len(), 1);
         let a = &listed[0];
         assert!(outbox::claim(&w.store, a, None).unwrap());
         // Listed before that claim: refused, and changes nothing.
         assert!(!outbox::claim(&w.store, a, None).unwrap());
-        outbox::finish(&w.store, a, "done", "done", None, None).unwrap();
+        outbox::finish(&w.store, a, "done", "done", Some(1), None).unwrap();
         let again = Action {
             attempts: 1,
             ..a.clone()
         };
         assert!(!outbox::claim(&w.store, &again, None).unwrap());
-        let attempts: i64 = w
-            .store
-            .read(|c| Ok(c.query_row("SELECT attempts FROM outbox", [], |r| r.get(0))?))
-            .unwrap();
-        assert_eq!(attempts, 1);
+        let ended = outbox::expired(&w.store, i64::MAX, 10).unwrap();
+        assert_eq!(ended.len(), 1);
+        assert_eq!(ended[0].attempts, 1);
     }
 
     fn other(

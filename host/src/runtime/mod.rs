@@ -315,7 +315,7 @@ pub struct Runtime {
 impl Runtime {
     /// Builds the engine and loads the components the configuration uses.
     pub fn new(config: &Config) -> Result<Runtime> {
-        let store = Arc::new(Store::open(&config.host.data_dir)?);
+        let store = Arc::new(Store::for_host(&config.host)?);
         let max_memory_mib = config
             .connectors
             .iter()

@@ -1,148 +1,18 @@
-//! The embedded data store: one SQLite file (WAL) under `data_dir` holding,
-//! per connector instance, its state keys, the Syslog / Alerts / Quarantine
-//! indexes, the action outbox and the run history.
+//! The embedded backend: one SQLite file (WAL) under `data_dir`, written by
+//! one connection at a time (IMMEDIATE transactions), read by another.
 //!
-//! Every `sink.commit` is one transaction, so a checkpoint moves only together
-//! with the records it covers, and a crash at any point leaves either all of a
-//! batch or none of it.
+//! One host owns everything in it: the connector leases of several hosts
+//! (see `postgres`) are not needed here.
 
+use super::*;
 use anyhow::{bail, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-/// The indexes of the data lake.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Index {
-    Syslog,
-    Alerts,
-    Quarantine,
-    /// The audit trail of response actions, written by the host only.
-    Actions,
-}
-
-impl Index {
-    pub const ALL: [Index; 4] = [
-        Index::Syslog,
-        Index::Alerts,
-        Index::Quarantine,
-        Index::Actions,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Index::Syslog => "syslog",
-            Index::Alerts => "alerts",
-            Index::Quarantine => "quarantine",
-            Index::Actions => "actions",
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Index> {
-        Index::ALL
-            .into_iter()
-            .find(|i| i.as_str() == s)
-            .with_context(|| {
-                format!("unknown index `{s}`: use syslog, alerts, quarantine or actions")
-            })
-    }
-}
-
-/// How a record is written when its id is already stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteMode {
-    /// Keep the stored record (the new one is a duplicate).
-    Insert,
-    /// Replace the stored body.
-    Upsert,
-}
-
-#[derive(Debug, Clone)]
-pub struct NewRecord {
-    pub index: Index,
-    pub id: String,
-    pub body: String,
-    pub mode: WriteMode,
-}
-
-#[derive(Debug, Clone)]
-pub struct NewAction {
-    pub id: String,
-    pub kind: String,
-    pub target: String,
-    pub reason: String,
-    pub params: String,
-}
-
-/// One atomic commit from a connector run.
-#[derive(Debug, Clone, Default)]
-pub struct Batch {
-    pub records: Vec<NewRecord>,
-    pub actions: Vec<NewAction>,
-    /// `None` deletes the key.
-    pub state: Vec<(String, Option<Vec<u8>>)>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct CommitOutcome {
-    pub written: u32,
-    pub duplicates: u32,
-    pub actions_queued: u32,
-}
-
-/// Who a commit belongs to: the host fills this in, never the component.
-#[derive(Debug, Clone)]
-pub struct Owner {
-    pub connector: String,
-    pub tenant: String,
-}
-
-/// A stored record as search returns it.
-#[derive(Debug, Clone)]
-pub struct StoredRecord {
-    pub seq: i64,
-    pub index: String,
-    pub connector: String,
-    pub tenant: String,
-    pub id: String,
-    pub body: String,
-}
-
-/// Fields with an expression index: (dotted path, JSON path).
-pub const INDEXED_FIELDS: [(&str, &str); 3] = [
-    ("msg_class", "$.msg_class"),
-    ("event_type", "$.event_type"),
-    ("email.sender.address", "$.email.sender.address"),
-];
-
-/// What a scan may skip in SQL before the exact match.
-#[derive(Debug, Clone, Default)]
-pub struct ScanFilter {
-    pub tenant: Option<String>,
-    /// Case-insensitive equality on `INDEXED_FIELDS` (scalar values only).
-    pub equals: Vec<(String, String)>,
-    /// Bounds on the record's `timestamp` (epoch ms), `[since, until)`.
-    pub since_ms: Option<i64>,
-    pub until_ms: Option<i64>,
-    /// Substrings the body must contain (ASCII, case-insensitive).
-    pub must_contain: Vec<String>,
-}
-
-/// How a run ended, as kept in the run history.
-#[derive(Debug, Clone)]
-pub struct RunRecord {
-    pub connector: String,
-    pub tenant: String,
-    pub operation: String,
-    pub started_ms: i64,
-    pub ended_ms: i64,
-    pub outcome: String,
-    pub summary: Option<String>,
-    pub error: Option<String>,
-}
-
-pub struct Store {
+pub struct SqliteStore {
+    path: std::path::PathBuf,
     // Writes are serialised (SQLite has one writer); reads use their own
     // connection so a search or a state lookup never waits on a commit.
     writer: Mutex<Connection>,
@@ -249,23 +119,16 @@ fn run_from_row(r: &rusqlite::Row) -> rusqlite::Result<RunRecord> {
 }
 
 /// Runs kept per connector in the history (`runs`).
-const RUNS_KEPT: i64 = 200;
+pub(super) const RUNS_KEPT: i64 = 200;
 
 /// The schema version this build writes; bumped with every migration.
 /// 2: `records.change_seq` and the forwarding cursors (`migrate_forwarding`).
 /// 3: `connector_identity`, filled from the records already stored.
 const SCHEMA_VERSION: i64 = 3;
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) `data_dir/dphost.db`.
-    pub fn open(data_dir: &Path) -> Result<Store> {
+    pub fn open(data_dir: &Path) -> Result<SqliteStore> {
         Self::open_in(data_dir).with_context(|| {
             format!(
                 "cannot open the store in {}: the data dir must be writable and have free space",
@@ -274,7 +137,7 @@ impl Store {
         })
     }
 
-    fn open_in(data_dir: &Path) -> Result<Store> {
+    fn open_in(data_dir: &Path) -> Result<SqliteStore> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
         let path = data_dir.join("dphost.db");
@@ -295,6 +158,8 @@ impl Store {
             .with_context(|| format!("cannot create the schema in {}", path.display()))?;
         migrate_forwarding(&tx)
             .with_context(|| format!("cannot add the forwarding schema to {}", path.display()))?;
+        migrate_response(&tx)
+            .with_context(|| format!("cannot create the response tables in {}", path.display()))?;
         if version < 3 {
             // Connectors that already hold data keep the tenant of their
             // oldest record; their component is learnt at the next start.
@@ -309,13 +174,32 @@ impl Store {
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
         let reader = open_connection(&path)?;
-        Ok(Store {
+        Ok(SqliteStore {
+            path,
             writer: Mutex::new(writer),
             reader: Mutex::new(reader),
         })
     }
 
-    pub fn state_get(&self, connector: &str, key: &str) -> Result<Option<Vec<u8>>> {
+    /// Runs `f` in an immediate transaction on the writer, for modules that
+    /// keep their own tables in this store (`response`).
+    pub fn write_tx<T>(&self, f: impl FnOnce(&rusqlite::Transaction) -> Result<T>) -> Result<T> {
+        let mut conn = self.writer.lock().expect("store writer poisoned");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit().context("committing to the store")?;
+        Ok(out)
+    }
+
+    /// Runs `f` on the reader connection.
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.reader.lock().expect("store reader poisoned");
+        f(&conn)
+    }
+}
+
+impl Backend for SqliteStore {
+    fn state_get(&self, connector: &str, key: &str) -> Result<Option<Vec<u8>>> {
         let conn = self.reader.lock().expect("store reader poisoned");
         let mut stmt =
             conn.prepare_cached("SELECT value FROM state WHERE connector = ?1 AND key = ?2")?;
@@ -327,7 +211,7 @@ impl Store {
     }
 
     /// Applies a whole batch in one transaction: all of it or none of it.
-    pub fn commit(&self, owner: &Owner, batch: &Batch) -> Result<CommitOutcome> {
+    fn commit(&self, owner: &Owner, batch: &Batch) -> Result<CommitOutcome> {
         let mut conn = self.writer.lock().expect("store writer poisoned");
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let now = now_ms();
@@ -412,24 +296,8 @@ impl Store {
         Ok(outcome)
     }
 
-    /// Runs `f` in an immediate transaction on the writer, for modules that
-    /// keep their own tables in this store (`response`).
-    pub fn write_tx<T>(&self, f: impl FnOnce(&rusqlite::Transaction) -> Result<T>) -> Result<T> {
-        let mut conn = self.writer.lock().expect("store writer poisoned");
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit().context("committing to the store")?;
-        Ok(out)
-    }
-
-    /// Runs `f` on the reader connection.
-    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let conn = self.reader.lock().expect("store reader poisoned");
-        f(&conn)
-    }
-
     /// For each id, whether it is stored in `index` for `connector`.
-    pub fn contains(&self, connector: &str, index: Index, ids: &[String]) -> Result<Vec<bool>> {
+    fn contains(&self, connector: &str, index: Index, ids: &[String]) -> Result<Vec<bool>> {
         let conn = self.reader.lock().expect("store reader poisoned");
         let mut stmt = conn.prepare_cached(
             "SELECT 1 FROM records WHERE connector = ?1 AND idx = ?2 AND record_id = ?3",
@@ -439,7 +307,7 @@ impl Store {
             .collect()
     }
 
-    pub fn record_run(&self, run: &RunRecord) -> Result<()> {
+    fn record_run(&self, run: &RunRecord) -> Result<()> {
         let conn = self.writer.lock().expect("store writer poisoned");
         conn.prepare_cached(
             "INSERT INTO runs (connector, tenant, operation, started_ms, ended_ms, outcome, summary, error)
@@ -468,7 +336,7 @@ impl Store {
     }
 
     /// The last successful collection of `connector`, however old.
-    pub fn last_ok_collect(&self, connector: &str) -> Result<Option<RunRecord>> {
+    fn last_ok_collect(&self, connector: &str) -> Result<Option<RunRecord>> {
         let conn = self.reader.lock().expect("store reader poisoned");
         let mut stmt = conn.prepare_cached(
             "SELECT connector, tenant, operation, started_ms, ended_ms, outcome, summary, error
@@ -481,7 +349,7 @@ impl Store {
     }
 
     /// Records when the scheduler next starts `connector`.
-    pub fn set_next_run(&self, connector: &str, next_run_ms: i64) -> Result<()> {
+    fn set_next_run(&self, connector: &str, next_run_ms: i64) -> Result<()> {
         let conn = self.writer.lock().expect("store writer poisoned");
         conn.prepare_cached(
             "INSERT INTO schedule (connector, next_run_ms) VALUES (?1, ?2)
@@ -491,7 +359,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn next_run(&self, connector: &str) -> Result<Option<i64>> {
+    fn next_run(&self, connector: &str) -> Result<Option<i64>> {
         let conn = self.reader.lock().expect("store reader poisoned");
         let mut stmt =
             conn.prepare_cached("SELECT next_run_ms FROM schedule WHERE connector = ?1")?;
@@ -501,7 +369,7 @@ impl Store {
     }
 
     /// Requests taken per rate-limit pool since `since_ms`.
-    pub fn budget_used(&self, since_ms: i64) -> Result<Vec<(String, i64)>> {
+    fn budget_used(&self, since_ms: i64) -> Result<Vec<(String, i64)>> {
         let conn = self.reader.lock().expect("store reader poisoned");
         let mut stmt = conn.prepare_cached(
             "SELECT pool, count(*) FROM request_budget WHERE at_ms > ?1 GROUP BY pool ORDER BY pool",
@@ -512,7 +380,7 @@ impl Store {
 
     /// The newest run of `connector` whose operation is one of `operations`,
     /// however many runs of other operations came after it.
-    pub fn newest_run(&self, connector: &str, operations: &[&str]) -> Result<Option<RunRecord>> {
+    fn newest_run(&self, connector: &str, operations: &[&str]) -> Result<Option<RunRecord>> {
         use rusqlite::types::Value as Sql;
         let conn = self.reader.lock().expect("store reader poisoned");
         let placeholders: Vec<String> = (0..operations.len())
@@ -534,11 +402,11 @@ impl Store {
     /// Streams the records of `index` that pass `filter`, in commit order.
     /// The filter narrows the scan in SQL (indexes, then a substring
     /// prefilter); the caller does the exact matching.
-    pub fn scan(
+    fn scan(
         &self,
         index: Index,
         filter: &ScanFilter,
-        mut visit: impl FnMut(StoredRecord) -> Result<bool>,
+        visit: &mut dyn FnMut(StoredRecord) -> Result<bool>,
     ) -> Result<()> {
         use rusqlite::types::Value as Sql;
         let conn = self.reader.lock().expect("store reader poisoned");
@@ -607,7 +475,7 @@ impl Store {
     /// Takes one request from `pool` (a rolling window of `window_ms`) if
     /// fewer than `limit` are in it at `now_ms`. Ok: requests left. Err: when
     /// (epoch ms) the oldest counted request leaves the window.
-    pub fn budget_take(
+    fn budget_take(
         &self,
         pool: &str,
         limit: u32,
@@ -639,13 +507,7 @@ impl Store {
     }
 
     /// Requests left in `pool` at `now_ms`.
-    pub fn budget_remaining(
-        &self,
-        pool: &str,
-        limit: u32,
-        window_ms: i64,
-        now_ms: i64,
-    ) -> Result<u32> {
+    fn budget_remaining(&self, pool: &str, limit: u32, window_ms: i64, now_ms: i64) -> Result<u32> {
         let conn = self.reader.lock().expect("store reader poisoned");
         let used: i64 = conn.query_row(
             "SELECT count(*) FROM request_budget WHERE pool = ?1 AND at_ms > ?2",
@@ -656,7 +518,7 @@ impl Store {
     }
 
     /// Number of records per index for `connector` (all connectors if None).
-    pub fn count(&self, index: Index, connector: Option<&str>) -> Result<u64> {
+    fn count(&self, index: Index, connector: Option<&str>) -> Result<u64> {
         let conn = self.reader.lock().expect("store reader poisoned");
         let n: i64 = match connector {
             Some(c) => conn.query_row(
@@ -672,39 +534,13 @@ impl Store {
         };
         Ok(n as u64)
     }
-}
 
-/// Who a connector name belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub connector: String,
-    pub tenant: String,
-    pub component: String,
-}
-
-/// A configured connector whose tenant or component differs from the one
-/// its data is kept under.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IdentityConflict {
-    pub connector: String,
-    /// `tenant` or `component`.
-    pub key: &'static str,
-    pub kept: String,
-    pub configured: String,
-    pub since_ms: i64,
-}
-
-impl Store {
     /// Compares each configured connector with the identity the store keeps
     /// for its name. With `claim`, and only if nothing conflicts, names not
     /// seen before are recorded (and a component unknown since the upgrade
     /// is filled in), in one transaction, so two processes starting at once
     /// cannot record different identities.
-    pub fn check_identities(
-        &self,
-        wanted: &[Identity],
-        claim: bool,
-    ) -> Result<Vec<IdentityConflict>> {
+    fn check_identities(&self, wanted: &[Identity], claim: bool) -> Result<Vec<IdentityConflict>> {
         let mut conn = self.writer.lock().expect("store writer poisoned");
         let tx = if claim {
             conn.transaction_with_behavior(TransactionBehavior::Immediate)?
@@ -761,6 +597,384 @@ impl Store {
         }
         Ok(conflicts)
     }
+
+    /// The output's cursor in `index` (0 if it never delivered anything).
+    fn forward_cursor(&self, output: &str, index: Index) -> Result<i64> {
+        let conn = self.reader.lock().expect("store reader poisoned");
+        let v = conn
+            .prepare_cached(
+                "SELECT change_seq FROM forward_cursors WHERE output = ?1 AND idx = ?2",
+            )?
+            .query_row(params![output, index.as_str()], |r| r.get(0))
+            .optional()?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Up to `limit` records of `index` changed after `after`, in change order.
+    fn forward_after(&self, index: Index, after: i64, limit: usize) -> Result<Vec<ForwardRecord>> {
+        let conn = self.reader.lock().expect("store reader poisoned");
+        let mut stmt = conn.prepare_cached(
+            "SELECT change_seq, connector, tenant, record_id, body, written_ms FROM records
+             WHERE idx = ?1 AND change_seq > ?2 ORDER BY change_seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![index.as_str(), after, limit as i64], |r| {
+            Ok(ForwardRecord {
+                change_seq: r.get(0)?,
+                index,
+                connector: r.get(1)?,
+                tenant: r.get(2)?,
+                id: r.get(3)?,
+                body: r.get(4)?,
+                written_ms: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Moves the output's cursors (after the destination accepted the
+    /// records up to them) and counts the delivery, in one transaction.
+    fn forward_advance(
+        &self,
+        output: &str,
+        cursors: &[(Index, i64)],
+        delivered: u64,
+    ) -> Result<()> {
+        let mut conn = self.writer.lock().expect("store writer poisoned");
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_ms();
+        for (index, seq) in cursors {
+            tx.prepare_cached(
+                "INSERT INTO forward_cursors (output, idx, change_seq, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (output, idx) DO UPDATE SET
+                     change_seq = max(change_seq, excluded.change_seq), updated_ms = excluded.updated_ms",
+            )?
+            .execute(params![output, index.as_str(), seq, now])?;
+        }
+        tx.prepare_cached(
+            "INSERT INTO forward_outputs (output, delivered, last_delivery_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (output) DO UPDATE SET
+                 delivered = delivered + excluded.delivered, last_delivery_ms = excluded.last_delivery_ms",
+        )?
+        .execute(params![output, delivered as i64, now])?;
+        tx.commit().context("moving the forwarding cursor")?;
+        Ok(())
+    }
+
+    /// Keeps the output's last error (`None` clears it after a recovery).
+    fn forward_error(&self, output: &str, error: Option<&str>) -> Result<()> {
+        let conn = self.writer.lock().expect("store writer poisoned");
+        conn.prepare_cached(
+            "INSERT INTO forward_outputs (output, last_error, last_error_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (output) DO UPDATE SET
+                 last_error = excluded.last_error, last_error_ms = excluded.last_error_ms",
+        )?
+        .execute(params![output, error, error.map(|_| now_ms())])?;
+        Ok(())
+    }
+
+    /// Where the output stands in `index`: cursor and what is left to send.
+    fn forward_position(&self, output: &str, index: Index) -> Result<ForwardPosition> {
+        let cursor = self.forward_cursor(output, index)?;
+        let conn = self.reader.lock().expect("store reader poisoned");
+        let (pending, oldest): (i64, Option<i64>) = conn
+            .prepare_cached(
+                "SELECT count(*), min(updated_ms) FROM records WHERE idx = ?1 AND change_seq > ?2",
+            )?
+            .query_row(params![index.as_str(), cursor], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        Ok(ForwardPosition {
+            index,
+            cursor,
+            pending: pending as u64,
+            oldest_pending_ms: oldest,
+        })
+    }
+
+    /// What the output delivered so far and its last error.
+    fn forward_activity(&self, output: &str) -> Result<ForwardActivity> {
+        let conn = self.reader.lock().expect("store reader poisoned");
+        let row = conn
+            .prepare_cached(
+                "SELECT delivered, last_delivery_ms, last_error, last_error_ms
+                 FROM forward_outputs WHERE output = ?1",
+            )?
+            .query_row(params![output], |r| {
+                Ok(ForwardActivity {
+                    delivered: r.get::<_, i64>(0)? as u64,
+                    last_delivery_ms: r.get(1)?,
+                    last_error: r.get(2)?,
+                    last_error_ms: r.get(3)?,
+                })
+            })
+            .optional()?;
+        Ok(row.unwrap_or_default())
+    }
+
+    fn describe(&self) -> String {
+        format!("SQLite {}", self.path.display())
+    }
+
+    fn outbox_due(&self, now_ms: i64, limit: usize) -> Result<Vec<Action>> {
+        let c = self.reader.lock().expect("store reader poisoned");
+        let mut stmt = c.prepare_cached(&format!(
+            "SELECT {ACTION_COLUMNS} FROM outbox o LEFT JOIN response_progress p ON p.outbox_seq = o.seq
+             WHERE o.status IN ('pending', 'running') AND coalesce(p.next_attempt_ms, 0) <= ?1
+             ORDER BY o.seq LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![now_ms, limit as i64], action_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn outbox_expired(&self, now_ms: i64, limit: usize) -> Result<Vec<Action>> {
+        let c = self.reader.lock().expect("store reader poisoned");
+        let mut stmt = c.prepare_cached(&format!(
+            "SELECT {ACTION_COLUMNS} FROM outbox o JOIN response_progress p ON p.outbox_seq = o.seq
+             WHERE o.status IN ('done', 'failed') AND p.expires_ms IS NOT NULL AND p.expires_ms <= ?1
+               AND p.next_attempt_ms <= ?1
+             ORDER BY p.expires_ms, o.seq LIMIT ?2"
+        ))?;
+        let rows = stmt.query_map(params![now_ms, limit as i64], action_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn outbox_claim(&self, a: &Action, requested: Option<&Audit>) -> Result<bool> {
+        self.write_tx(|tx| {
+            let n = tx.execute(
+                "UPDATE outbox SET status = 'running', attempts = attempts + 1, updated_ms = ?2
+                 WHERE seq = ?1 AND status IN ('pending', 'running') AND attempts = ?3",
+                params![a.seq, now_ms(), a.attempts],
+            )?;
+            if n != 1 {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO response_progress (outbox_seq) VALUES (?1) ON CONFLICT (outbox_seq) DO NOTHING",
+                params![a.seq],
+            )?;
+            if let Some(audit) = requested {
+                write_audit(tx, a, audit)?;
+            }
+            Ok(true)
+        })
+    }
+
+    fn outbox_accounts(&self, seq: i64) -> Result<Vec<AccountRow>> {
+        let c = self.reader.lock().expect("store reader poisoned");
+        let mut stmt = c.prepare_cached(
+            "SELECT dn, old_uac, state FROM response_accounts WHERE outbox_seq = ?1 ORDER BY dn",
+        )?;
+        let rows = stmt.query_map(params![seq], |r| {
+            Ok(AccountRow {
+                dn: r.get(0)?,
+                old_uac: r.get(1)?,
+                state: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn outbox_set_account(
+        &self,
+        a: &Action,
+        dn: &str,
+        old_uac: Option<i64>,
+        state: &str,
+        audit: Option<&Audit>,
+    ) -> Result<()> {
+        self.write_tx(|tx| {
+            tx.execute(
+                "INSERT INTO response_accounts (outbox_seq, dn, old_uac, state) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (outbox_seq, dn) DO UPDATE SET old_uac = coalesce(excluded.old_uac, old_uac), state = excluded.state",
+                params![a.seq, dn, old_uac, state],
+            )?;
+            if let Some(audit) = audit {
+                write_audit(tx, a, audit)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn outbox_forget_account(&self, a: &Action, dn: &str) -> Result<()> {
+        self.write_tx(|tx| {
+            tx.execute(
+                "DELETE FROM response_accounts WHERE outbox_seq = ?1 AND dn = ?2",
+                params![a.seq, dn],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn outbox_finish(
+        &self,
+        a: &Action,
+        status: &str,
+        outcome: &str,
+        expires_ms: Option<i64>,
+        audit: Option<&Audit>,
+    ) -> Result<()> {
+        self.write_tx(|tx| {
+            tx.execute(
+                "UPDATE outbox SET status = ?2, outcome = ?3, updated_ms = ?4 WHERE seq = ?1",
+                params![a.seq, status, outcome, now_ms()],
+            )?;
+            tx.execute(
+                "INSERT INTO response_progress (outbox_seq, expires_ms) VALUES (?1, ?2)
+                 ON CONFLICT (outbox_seq) DO UPDATE SET expires_ms = excluded.expires_ms",
+                params![a.seq, expires_ms],
+            )?;
+            if let Some(audit) = audit {
+                write_audit(tx, a, audit)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn outbox_retry(
+        &self,
+        a: &Action,
+        next_ms: i64,
+        refused: bool,
+        error: &str,
+        audit: &Audit,
+    ) -> Result<()> {
+        self.write_tx(|tx| {
+            tx.execute(
+                "UPDATE outbox SET status = 'pending', outcome = ?2, updated_ms = ?3 WHERE seq = ?1",
+                params![a.seq, format!("retrying: {error}"), now_ms()],
+            )?;
+            tx.execute(
+                "INSERT INTO response_progress (outbox_seq, next_attempt_ms, op_failures) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (outbox_seq) DO UPDATE SET next_attempt_ms = excluded.next_attempt_ms,
+                     op_failures = op_failures + excluded.op_failures",
+                params![a.seq, next_ms, refused as i64],
+            )?;
+            write_audit(tx, a, audit)
+        })
+    }
+
+    fn outbox_reenable_retry(&self, a: &Action, next_ms: i64, audit: &Audit) -> Result<()> {
+        self.write_tx(|tx| {
+            tx.execute(
+                "UPDATE response_progress SET next_attempt_ms = ?2, reenable_failures = reenable_failures + 1
+                 WHERE outbox_seq = ?1",
+                params![a.seq, next_ms],
+            )?;
+            write_audit(tx, a, audit)
+        })
+    }
+
+    fn outbox_others(&self, ad: &str, dn: &str, except_seq: i64) -> Result<Vec<OtherRow>> {
+        let c = self.reader.lock().expect("store reader poisoned");
+        let mut stmt = c.prepare_cached(
+            "SELECT o.seq, o.action_id, o.target, json_extract(o.params, '$.alert_id'), o.status,
+                    p.expires_ms, json_extract(o.params, '$.duration_ms'), a.old_uac, a.state
+             FROM response_accounts a JOIN outbox o ON o.seq = a.outbox_seq
+             LEFT JOIN response_progress p ON p.outbox_seq = o.seq
+             WHERE a.dn = ?2 COLLATE NOCASE AND a.outbox_seq != ?3
+               AND json_extract(o.params, '$.ad') = ?1
+             ORDER BY o.seq",
+        )?;
+        let rows = stmt.query_map(params![ad, dn, except_seq], |r| {
+            Ok(OtherRow {
+                seq: r.get(0)?,
+                action_id: r.get(1)?,
+                target: r.get(2)?,
+                alert_id: r.get(3)?,
+                status: r.get(4)?,
+                expires_ms: r.get(5)?,
+                duration_ms: r.get::<_, Option<i64>>(6)?.filter(|d| *d > 0),
+                old_uac: r.get(7)?,
+                state: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn outbox_hand_over(
+        &self,
+        from: &Action,
+        dn: &str,
+        old_uac: Option<i64>,
+        heir_seq: i64,
+        audit: &Audit,
+    ) -> Result<()> {
+        self.write_tx(|tx| {
+            tx.execute(
+                "UPDATE response_accounts SET state = 'handed-over' WHERE outbox_seq = ?1 AND dn = ?2",
+                params![from.seq, dn],
+            )?;
+            tx.execute(
+                "UPDATE response_accounts SET state = 'set', old_uac = coalesce(?3, old_uac)
+                 WHERE outbox_seq = ?1 AND dn = ?2 COLLATE NOCASE",
+                params![heir_seq, dn, old_uac],
+            )?;
+            write_audit(tx, from, audit)
+        })
+    }
+
+    fn outbox_summary(&self, connector: &str) -> Result<ConnectorActions> {
+        let mut out = ConnectorActions::default();
+        let c = self.reader.lock().expect("store reader poisoned");
+        let mut stmt = c.prepare_cached(&format!(
+            "SELECT {OUTCOME_CASE}, count(*) FROM outbox WHERE connector = ?1 GROUP BY 1"
+        ))?;
+        for row in stmt.query_map(params![connector], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })? {
+            let (k, n) = row?;
+            *out.by_outcome.entry(k).or_default() += n as u64;
+        }
+        let last: Option<String> = c
+            .query_row(
+                "SELECT body FROM records WHERE idx = 'actions' AND connector = ?1 ORDER BY seq DESC LIMIT 1",
+                params![connector],
+                |r| r.get(0),
+            )
+            .optional()?;
+        out.last = last.and_then(|b| serde_json::from_str(&b).ok());
+        Ok(out)
+    }
+
+    fn response_lease_take(
+        &self,
+        me: &str,
+        ttl_ms: i64,
+        replacing: Option<&str>,
+    ) -> Result<Option<LeaseHolder>> {
+        self.write_tx(|tx| {
+            let now = now_ms();
+            let current: Option<(String, i64)> = tx
+                .query_row(
+                    "SELECT owner, expires_ms FROM response_lease WHERE id = 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((owner, until_ms)) = current {
+                let free = owner == me || until_ms <= now || replacing == Some(owner.as_str());
+                if !free {
+                    return Ok(Some(LeaseHolder { owner, until_ms }));
+                }
+            }
+            tx.execute(
+                "INSERT INTO response_lease (id, owner, expires_ms) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET owner = excluded.owner, expires_ms = excluded.expires_ms",
+                params![me, now + ttl_ms],
+            )?;
+            Ok(None)
+        })
+    }
+
+    fn response_lease_release(&self, me: &str) -> Result<()> {
+        self.write_tx(|tx| {
+            tx.execute(
+                "DELETE FROM response_lease WHERE id = 1 AND owner = ?1",
+                params![me],
+            )?;
+            Ok(())
+        })
+    }
 }
 
 /// Forwarding (`crate::forward`) needs a cursor that also sees updates: an
@@ -805,160 +1019,119 @@ fn migrate_forwarding(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-/// A record as the forwarder ships it.
-#[derive(Debug, Clone)]
-pub struct ForwardRecord {
-    pub change_seq: i64,
-    pub index: Index,
-    pub connector: String,
-    pub tenant: String,
-    pub id: String,
-    pub body: String,
-    pub written_ms: i64,
-}
+/// The response module's tables (see `crate::response::outbox`).
+const RESPONSE_SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS response_progress (
+    outbox_seq        INTEGER PRIMARY KEY,
+    next_attempt_ms   INTEGER NOT NULL DEFAULT 0,
+    expires_ms        INTEGER,
+    audit_n           INTEGER NOT NULL DEFAULT 0,
+    op_failures       INTEGER NOT NULL DEFAULT 0,
+    reenable_failures INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS response_accounts (
+    outbox_seq INTEGER NOT NULL,
+    dn         TEXT NOT NULL,
+    old_uac    INTEGER,
+    state      TEXT NOT NULL,
+    PRIMARY KEY (outbox_seq, dn)
+);
+CREATE INDEX IF NOT EXISTS outbox_by_status ON outbox (kind, status, seq);
+-- Other actions' records of the same account (overlapping alerts).
+CREATE INDEX IF NOT EXISTS response_accounts_by_dn ON response_accounts (dn COLLATE NOCASE);
+-- Which process performs the response actions (`response::lease`).
+CREATE TABLE IF NOT EXISTS response_lease (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    owner      TEXT NOT NULL,
+    expires_ms INTEGER NOT NULL
+);
+"#;
 
-/// One output's position in one index.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ForwardPosition {
-    pub index: Index,
-    /// The last change the destination accepted (0: nothing yet).
-    pub cursor: i64,
-    /// Records changed after the cursor: not delivered yet.
-    pub pending: u64,
-    /// When the oldest pending change was written (epoch ms).
-    pub oldest_pending_ms: Option<i64>,
-}
+/// Columns added to `response_progress` after its first release: stores
+/// made before get them here.
+const PROGRESS_COLUMNS: [(&str, &str); 2] = [
+    ("op_failures", "INTEGER NOT NULL DEFAULT 0"),
+    ("reenable_failures", "INTEGER NOT NULL DEFAULT 0"),
+];
 
-/// What an output has done so far, as kept in the store.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ForwardActivity {
-    pub delivered: u64,
-    pub last_delivery_ms: Option<i64>,
-    pub last_error: Option<String>,
-    pub last_error_ms: Option<i64>,
-}
-
-impl Store {
-    /// The output's cursor in `index` (0 if it never delivered anything).
-    pub fn forward_cursor(&self, output: &str, index: Index) -> Result<i64> {
-        let conn = self.reader.lock().expect("store reader poisoned");
-        let v = conn
-            .prepare_cached(
-                "SELECT change_seq FROM forward_cursors WHERE output = ?1 AND idx = ?2",
-            )?
-            .query_row(params![output, index.as_str()], |r| r.get(0))
-            .optional()?;
-        Ok(v.unwrap_or(0))
-    }
-
-    /// Up to `limit` records of `index` changed after `after`, in change order.
-    pub fn forward_after(
-        &self,
-        index: Index,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<ForwardRecord>> {
-        let conn = self.reader.lock().expect("store reader poisoned");
-        let mut stmt = conn.prepare_cached(
-            "SELECT change_seq, connector, tenant, record_id, body, written_ms FROM records
-             WHERE idx = ?1 AND change_seq > ?2 ORDER BY change_seq LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![index.as_str(), after, limit as i64], |r| {
-            Ok(ForwardRecord {
-                change_seq: r.get(0)?,
-                index,
-                connector: r.get(1)?,
-                tenant: r.get(2)?,
-                id: r.get(3)?,
-                body: r.get(4)?,
-                written_ms: r.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
-    }
-
-    /// Moves the output's cursors (after the destination accepted the
-    /// records up to them) and counts the delivery, in one transaction.
-    pub fn forward_advance(
-        &self,
-        output: &str,
-        cursors: &[(Index, i64)],
-        delivered: u64,
-    ) -> Result<()> {
-        let mut conn = self.writer.lock().expect("store writer poisoned");
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let now = now_ms();
-        for (index, seq) in cursors {
-            tx.prepare_cached(
-                "INSERT INTO forward_cursors (output, idx, change_seq, updated_ms) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (output, idx) DO UPDATE SET
-                     change_seq = max(change_seq, excluded.change_seq), updated_ms = excluded.updated_ms",
-            )?
-            .execute(params![output, index.as_str(), seq, now])?;
+fn migrate_response(tx: &Connection) -> Result<()> {
+    tx.execute_batch(RESPONSE_SCHEMA)?;
+    let have: Vec<String> = tx
+        .prepare("SELECT name FROM pragma_table_info('response_progress')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, decl) in PROGRESS_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            tx.execute_batch(&format!(
+                "ALTER TABLE response_progress ADD COLUMN {name} {decl}"
+            ))?;
         }
-        tx.prepare_cached(
-            "INSERT INTO forward_outputs (output, delivered, last_delivery_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (output) DO UPDATE SET
-                 delivered = delivered + excluded.delivered, last_delivery_ms = excluded.last_delivery_ms",
-        )?
-        .execute(params![output, delivered as i64, now])?;
-        tx.commit().context("moving the forwarding cursor")?;
-        Ok(())
     }
-
-    /// Keeps the output's last error (`None` clears it after a recovery).
-    pub fn forward_error(&self, output: &str, error: Option<&str>) -> Result<()> {
-        let conn = self.writer.lock().expect("store writer poisoned");
-        conn.prepare_cached(
-            "INSERT INTO forward_outputs (output, last_error, last_error_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (output) DO UPDATE SET
-                 last_error = excluded.last_error, last_error_ms = excluded.last_error_ms",
-        )?
-        .execute(params![output, error, error.map(|_| now_ms())])?;
-        Ok(())
-    }
-
-    /// Where the output stands in `index`: cursor and what is left to send.
-    pub fn forward_position(&self, output: &str, index: Index) -> Result<ForwardPosition> {
-        let cursor = self.forward_cursor(output, index)?;
-        let conn = self.reader.lock().expect("store reader poisoned");
-        let (pending, oldest): (i64, Option<i64>) = conn
-            .prepare_cached(
-                "SELECT count(*), min(updated_ms) FROM records WHERE idx = ?1 AND change_seq > ?2",
-            )?
-            .query_row(params![index.as_str(), cursor], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
-        Ok(ForwardPosition {
-            index,
-            cursor,
-            pending: pending as u64,
-            oldest_pending_ms: oldest,
-        })
-    }
-
-    /// What the output delivered so far and its last error.
-    pub fn forward_activity(&self, output: &str) -> Result<ForwardActivity> {
-        let conn = self.reader.lock().expect("store reader poisoned");
-        let row = conn
-            .prepare_cached(
-                "SELECT delivered, last_delivery_ms, last_error, last_error_ms
-                 FROM forward_outputs WHERE output = ?1",
-            )?
-            .query_row(params![output], |r| {
-                Ok(ForwardActivity {
-                    delivered: r.get::<_, i64>(0)? as u64,
-                    last_delivery_ms: r.get(1)?,
-                    last_error: r.get(2)?,
-                    last_error_ms: r.get(3)?,
-                })
-            })
-            .optional()?;
-        Ok(row.unwrap_or_default())
-    }
+    Ok(())
 }
 
-fn escape_like(s: &str) -> String {
+/// How `outbox_summary` names an action's outcome (shared with `postgres`).
+pub(super) const OUTCOME_CASE: &str =
+    "CASE WHEN status IN ('pending', 'running') AND outcome IS NULL THEN 'queued'
+     WHEN status IN ('pending', 'running') THEN 'retrying'
+     WHEN status = 'reenabled' THEN 're-enabled'
+     WHEN status = 'failed' THEN 'failed'
+     WHEN status = 'expired' AND outcome IN ('handed-over', 're-enable-skipped') THEN outcome
+     ELSE coalesce(outcome, status) END";
+
+/// The columns `action_from_row` reads (shared with `postgres`).
+pub(super) const ACTION_COLUMNS: &str = "o.seq, o.connector, o.tenant, o.action_id, o.kind, o.target, o.reason, o.params, o.attempts, o.created_ms, o.status, o.outcome, coalesce(p.op_failures, 0), coalesce(p.reenable_failures, 0), p.expires_ms";
+
+fn action_from_row(r: &rusqlite::Row) -> rusqlite::Result<Action> {
+    let params: String = r.get(7)?;
+    Ok(Action {
+        seq: r.get(0)?,
+        connector: r.get(1)?,
+        tenant: r.get(2)?,
+        action_id: r.get(3)?,
+        kind: r.get(4)?,
+        target: r.get(5)?,
+        reason: r.get(6)?,
+        params: serde_json::from_str(&params).unwrap_or(Value::Null),
+        attempts: r.get(8)?,
+        created_ms: r.get(9)?,
+        status: r.get(10)?,
+        outcome: r.get(11)?,
+        op_failures: r.get(12)?,
+        reenable_failures: r.get(13)?,
+        expires_ms: r.get(14)?,
+    })
+}
+
+/// The audit record of an outbox change, numbered per action, in the
+/// Actions index.
+fn write_audit(tx: &rusqlite::Transaction, a: &Action, audit: &Audit) -> Result<()> {
+    tx.execute(
+        "INSERT INTO response_progress (outbox_seq) VALUES (?1) ON CONFLICT (outbox_seq) DO NOTHING",
+        params![a.seq],
+    )?;
+    let n: i64 = tx.query_row(
+        "UPDATE response_progress SET audit_n = audit_n + 1 WHERE outbox_seq = ?1 RETURNING audit_n",
+        params![a.seq],
+        |r| r.get(0),
+    )?;
+    let now = now_ms();
+    tx.execute(
+        "INSERT INTO records (idx, connector, tenant, record_id, body, written_ms, updated_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) ON CONFLICT (connector, idx, record_id) DO NOTHING",
+        params![
+            Index::Actions.as_str(),
+            a.connector,
+            a.tenant,
+            format!("{}/{n}", a.action_id),
+            audit.body.to_string(),
+            now
+        ],
+    )?;
+    Ok(())
+}
+
+pub(super) fn escape_like(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if matches!(c, '%' | '_' | '\\') {
@@ -1001,15 +1174,9 @@ fn open_connection(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// What an operator should do about a store write that failed, from the
-/// SQLite error in `e`'s chain.
-pub fn storage_advice(e: &anyhow::Error) -> &'static str {
-    storage_fault_advice(e).unwrap_or("check the data dir's free space and permissions")
-}
-
 /// Advice when `e` comes from the data dir's file system (full, read-only,
 /// failing), not from dphost itself.
-pub fn storage_fault_advice(e: &anyhow::Error) -> Option<&'static str> {
+pub(super) fn fault_advice(e: &anyhow::Error) -> Option<&'static str> {
     let code = e
         .chain()
         .find_map(|c| match c.downcast_ref::<rusqlite::Error>() {
@@ -1328,7 +1495,7 @@ mod tests {
     fn a_version_2_store_takes_identities_from_its_records() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let store = Store::open(dir.path()).unwrap();
+            let store = SqliteStore::open(dir.path()).unwrap();
             store
                 .commit(
                     &owner(),
