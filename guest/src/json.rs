@@ -74,6 +74,15 @@ impl<'a> Json<'a> {
         matches!(self, Json::Null)
     }
 
+    /// How deeply arrays and objects nest (a scalar: 0, `[]`: 1).
+    pub fn depth(&self) -> usize {
+        match self {
+            Json::Array(items) => 1 + items.iter().map(Json::depth).max().unwrap_or(0),
+            Json::Object(o) => 1 + o.0.iter().map(|(_, v)| v.depth()).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     /// As a `serde_json::Value` (for the rare reader that needs one).
     pub fn to_value(&self) -> Value {
         match self {

@@ -138,6 +138,11 @@ pub struct Interpreted<'a> {
     pub value: Option<Json<'a>>,
 }
 
+/// Deepest nesting an event may have to be stored as JSON: record bodies
+/// are read with serde_json (127 levels at most) and hold the event one
+/// level down.
+pub const MAX_EVENT_DEPTH: usize = 126;
+
 /// Read the fields the connector needs out of one event.
 pub fn interpret(event: RawEvent<'_>) -> Interpreted<'_> {
     let RawEvent { event_type, raw } = event;
@@ -152,6 +157,13 @@ pub fn interpret(event: RawEvent<'_>) -> Interpreted<'_> {
         Ok(v) => v,
         Err(e) => return quarantine(format!("the event could not be read as JSON ({e})")),
     };
+    let depth = value.depth();
+    if depth > MAX_EVENT_DEPTH {
+        return quarantine(format!(
+            "the event is nested {depth} levels deep; a record holds at most {MAX_EVENT_DEPTH} (search reads {} and the record adds one), so it is kept as text",
+            MAX_EVENT_DEPTH + 1
+        ));
+    }
     let Json::Object(map) = value else {
         return quarantine(format!(
             "the event is not a JSON object but {}",

@@ -230,10 +230,12 @@ pub fn quarantine_record(
     raw: &RawValue,
     reason: &str,
 ) -> Record {
-    // Valid JSON that no JSON reader takes whole (nested past serde_json's
-    // depth limit, a number out of range) would make the record unreadable
-    // to search: keep it as text instead, like a damaged event. Same id.
-    if serde_json::from_str::<serde_json::Value>(raw.get()).is_err() {
+    // Valid JSON that search cannot read whole inside a record (nested
+    // deeper than `MAX_EVENT_DEPTH`, a number out of range) would make the
+    // record unreadable: keep it as text instead, like a damaged event. Same id.
+    let readable = crate::json::Json::parse(raw.get())
+        .is_ok_and(|v| v.depth() <= crate::parse::MAX_EVENT_DEPTH);
+    if !readable {
         let bytes = raw.get().as_bytes();
         let sha = identity::quarantine_id(raw.get());
         return damaged_record(origin, event_type, bytes, bytes.len() as u64, &sha, reason);

@@ -276,6 +276,20 @@ pub fn events() -> Vec<NastyEvent> {
             true,
         ),
         ev(
+            "nested as deep as a record can hold",
+            MessageDelivered,
+            message(&format!(r#""messageTime":"{t}","x":{}"#, nest(125))),
+            Event,
+            true,
+        ),
+        ev(
+            "nested one level deeper than a record can hold",
+            MessageDelivered,
+            message(&format!(r#""messageTime":"{t}","x":{}"#, nest(126))),
+            Quarantine("nested 127 levels deep"),
+            true,
+        ),
+        ev(
             "nested 200 deep",
             MessageDelivered,
             message(&format!(r#""messageTime":"{t}","x":{}"#, nest(200))),

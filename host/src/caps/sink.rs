@@ -160,20 +160,24 @@ fn check_batch(batch: types::Batch, limits: &Limits) -> Result<store::Batch, Str
     let mut records = Vec::with_capacity(batch.records.len());
     for (i, r) in batch.records.into_iter().enumerate() {
         check_id("record id", &r.id, i)?;
-        if !r.body.trim_start().starts_with('{')
-            || serde_json::from_str::<serde::de::IgnoredAny>(&r.body).is_err()
-        {
+        if !r.body.trim_start().starts_with('{') {
             return Err(format!(
                 "record #{i} (id `{}`): the body is not a JSON object",
                 r.id
             ));
         }
-        let depth = json_depth(&r.body);
-        if depth > MAX_JSON_DEPTH {
-            return Err(format!(
-                "record #{i} (id `{}`): the body is nested {depth} levels deep; at most {MAX_JSON_DEPTH} (what search and the store's indexes can read): keep such data as text",
-                r.id
-            ));
+        if let Err(e) = serde_json::from_str::<Readable>(&r.body) {
+            return Err(if e.to_string().starts_with("recursion limit exceeded") {
+                format!(
+                    "record #{i} (id `{}`): the body is nested more than {MAX_JSON_DEPTH} levels deep, more than search can read: keep such data as text",
+                    r.id
+                )
+            } else {
+                format!(
+                    "record #{i} (id `{}`): the body is not a JSON object search can read ({e})",
+                    r.id
+                )
+            });
         }
         records.push(store::NewRecord {
             index: to_store_index(r.index),
@@ -232,33 +236,58 @@ fn check_batch(batch: types::Batch, limits: &Limits) -> Result<store::Batch, Str
 }
 
 /// Deepest nesting a record body may have: search reads bodies with
-/// serde_json, whose limit this is (SQLite's JSON functions stop at 1000).
-const MAX_JSON_DEPTH: usize = 128;
+/// serde_json, which stops there.
+const MAX_JSON_DEPTH: usize = 127;
 
-/// How deeply `json` (valid JSON) nests arrays and objects.
-fn json_depth(json: &str) -> usize {
-    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for b in json.bytes() {
-        if in_string {
-            match b {
-                _ if escaped => escaped = false,
-                b'\\' => escaped = true,
-                b'"' => in_string = false,
-                _ => {}
+/// A record body read the way search reads it (serde_json, whose nesting
+/// limit and number range it keeps), in one pass and without building it.
+struct Readable;
+
+impl<'de> serde::Deserialize<'de> for Readable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Readable, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Readable;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("JSON")
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
-            b'{' | b'[' => {
-                depth += 1;
-                max = max.max(depth);
+            fn visit_unit<E>(self) -> Result<Readable, E> {
+                Ok(Readable)
             }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
+            fn visit_bool<E>(self, _: bool) -> Result<Readable, E> {
+                Ok(Readable)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Readable, E> {
+                Ok(Readable)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Readable, E> {
+                Ok(Readable)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Readable, E> {
+                Ok(Readable)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Readable, E> {
+                Ok(Readable)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Readable, A::Error> {
+                while seq.next_element::<Readable>()?.is_some() {}
+                Ok(Readable)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Readable, A::Error> {
+                while map.next_key::<Readable>()?.is_some() {
+                    map.next_value::<Readable>()?;
+                }
+                Ok(Readable)
+            }
         }
+        d.deserialize_any(Visit)
     }
-    max
 }
 
 fn check_id(what: &str, id: &str, i: usize) -> Result<(), String> {
@@ -308,12 +337,26 @@ mod tests {
             .unwrap_err()
             .contains("not a JSON object"));
 
-        let mut deep = ok.clone();
-        deep.records[1].body = format!("{{\"x\":{}1{}}}", "[".repeat(200), "]".repeat(200));
-        assert!(check_batch(deep, &limits)
+        // Exactly what search (serde_json) reads: 127 levels, not 128.
+        let nested = |levels: usize| {
+            let mut b = ok.clone();
+            b.records[1].body = format!("{}1{}", "{\"x\":".repeat(levels), "}".repeat(levels));
+            b
+        };
+        assert!(check_batch(nested(127), &limits).is_ok());
+        let readable: serde_json::Result<serde_json::Value> =
+            serde_json::from_str(&nested(127).records[1].body);
+        assert!(readable.is_ok());
+        assert!(check_batch(nested(128), &limits)
             .unwrap_err()
-            .contains("nested 201 levels deep"));
-        assert_eq!(json_depth(r#"{"a":"[[[{{\"","b":[{}]}"#), 3);
+            .contains("nested more than 127 levels deep"));
+        assert!(serde_json::from_str::<serde_json::Value>(&nested(128).records[1].body).is_err());
+        // A number search cannot read is refused too.
+        let mut huge = ok.clone();
+        huge.records[1].body = r#"{"x":1e999}"#.into();
+        assert!(check_batch(huge, &limits)
+            .unwrap_err()
+            .contains("not a JSON object search can read"));
 
         let mut empty_id = ok;
         empty_id.records[0].id.clear();
