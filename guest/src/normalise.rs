@@ -530,7 +530,7 @@ fn attachments<'a>(message_parts: Option<&'a Json<'_>>) -> Vec<Attachment<'a>> {
 /// spellings of one field.
 fn first_present<'v, 'a>(fields: &'v Object<'a>, keys: &[&str]) -> Option<&'v Json<'a>> {
     keys.iter()
-        .filter_map(|key| fields.get(*key))
+        .filter_map(|key| fields.get(key))
         .find(|value| !value.is_null())
 }
 
