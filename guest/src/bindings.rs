@@ -96,37 +96,15 @@ impl Platform for HostPlatform {
     }
 
     fn commit(&mut self, batch: Batch) -> Result<CommitOutcome, String> {
-        let batch = wit::Batch {
-            records: batch
-                .records
-                .into_iter()
-                .map(|r| wit::Record {
-                    index: to_wit_index(r.index),
-                    id: r.id,
-                    body: r.body,
-                    mode: match r.mode {
-                        WriteMode::Insert => wit::WriteMode::Insert,
-                        WriteMode::Upsert => wit::WriteMode::Upsert,
-                    },
-                })
-                .collect(),
-            actions: batch
-                .actions
-                .into_iter()
-                .map(|a| wit::Action {
-                    id: a.id,
-                    kind: a.kind,
-                    target: a.target,
-                    reason: a.reason,
-                    params: a.params,
-                })
-                .collect(),
-            state: batch.state,
-        };
-        sink::commit(&batch).map(|o| CommitOutcome {
-            written: o.written,
-            duplicates: o.duplicates,
-        })
+        sink::commit(&to_wit_batch(batch)).map(from_wit_outcome)
+    }
+
+    fn commit_begin(&mut self, batch: Batch) -> Result<(), String> {
+        sink::commit_begin(&to_wit_batch(batch))
+    }
+
+    fn commit_wait(&mut self) -> Option<Result<CommitOutcome, String>> {
+        sink::commit_wait().map(|r| r.map(from_wit_outcome))
     }
 
     fn contains(&self, index: Index, ids: &[String]) -> Vec<bool> {
@@ -294,5 +272,42 @@ fn transport_error(code: ErrorCode) -> TransportError {
         | ErrorCode::ConnectionWriteTimeout
         | ErrorCode::HttpResponseTimeout => TransportError::Timeout(format!("{code:?}")),
         other => TransportError::Failed(format!("{other:?}")),
+    }
+}
+
+fn to_wit_batch(batch: Batch) -> wit::Batch {
+    wit::Batch {
+        records: batch
+            .records
+            .into_iter()
+            .map(|r| wit::Record {
+                index: to_wit_index(r.index),
+                id: r.id,
+                body: r.body,
+                mode: match r.mode {
+                    WriteMode::Insert => wit::WriteMode::Insert,
+                    WriteMode::Upsert => wit::WriteMode::Upsert,
+                },
+            })
+            .collect(),
+        actions: batch
+            .actions
+            .into_iter()
+            .map(|a| wit::Action {
+                id: a.id,
+                kind: a.kind,
+                target: a.target,
+                reason: a.reason,
+                params: a.params,
+            })
+            .collect(),
+        state: batch.state,
+    }
+}
+
+fn from_wit_outcome(o: wit::CommitOutcome) -> CommitOutcome {
+    CommitOutcome {
+        written: o.written,
+        duplicates: o.duplicates,
     }
 }

@@ -110,12 +110,16 @@ pub fn collect<H: Http, P: Platform>(
             .alerts
             .enabled
             .then(|| AlertFlow::load(config, &*platform)),
+        in_flight: None,
         api: TapClient::new(config, http, now),
         platform,
     };
     cycle.checkpoint = cycle.read_checkpoint();
     cycle.read_in_progress();
+    // The last batch may still be in flight: its outcome is the run's too.
     let result = cycle.run();
+    let settled = cycle.settle();
+    let result = result.and(settled);
     if result.is_err() && cycle.marked.is_some() {
         // The run ends by itself, not stopped by a limit: no reason for the
         // next one to shrink its windows.
@@ -216,6 +220,13 @@ struct WindowData {
     query_end: OffsetDateTime,
 }
 
+/// A batch handed to the host whose outcome is not yet taken in.
+struct InFlight {
+    records: usize,
+    /// Of them, alerts (upserts, which are always "written").
+    alert_records: u32,
+}
+
 struct Cycle<'c, 'h, H: Http, P: Platform> {
     config: &'c Config,
     origin: Origin<'c>,
@@ -233,6 +244,8 @@ struct Cycle<'c, 'h, H: Http, P: Platform> {
     summary: Summary,
     /// The run's native alerts (None when they are off).
     alerts: Option<AlertFlow>,
+    /// The batch being written while the cycle goes on (`commit_begin`).
+    in_flight: Option<InFlight>,
     api: TapClient<'h, H>,
     platform: &'c mut P,
 }
@@ -904,25 +917,57 @@ impl<H: Http, P: Platform> Cycle<'_, '_, H, P> {
         self.commit_batch(flush)
     }
 
+    /// Hands a batch to the host and goes on while it is written (the
+    /// parsing of the next batch overlaps the write of this one). Its outcome
+    /// is taken in before the next batch is handed over, so batches commit in
+    /// order and a failed one stops the cycle before anything later is
+    /// committed; reads (`contains`, `state_get`) always include it.
     fn commit_batch(&mut self, batch: Batch) -> Result<(), ConnectorError> {
-        let count = batch.records.len();
-        // Alerts are upserts (always "written"): count events and alerts apart.
+        self.settle()?;
+        let records = batch.records.len();
         let alert_records = batch
             .records
             .iter()
             .filter(|r| r.index == Index::Alerts)
             .count() as u32;
-        let outcome = self.platform.commit(batch).map_err(|e| {
-            if let Some(flow) = &mut self.alerts {
-                flow.forget();
-            }
-            ConnectorError::Internal(format!(
-                "the data lake refused a batch of {count} records: {e}"
-            ))
-        })?;
-        self.summary.written += u64::from(outcome.written.saturating_sub(alert_records));
-        self.summary.duplicates += u64::from(outcome.duplicates);
+        if let Err(e) = self.platform.commit_begin(batch) {
+            return Err(self.refused(records, e));
+        }
+        self.in_flight = Some(InFlight {
+            records,
+            alert_records,
+        });
         Ok(())
+    }
+
+    /// Takes in the outcome of the batch in flight, if any.
+    fn settle(&mut self) -> Result<(), ConnectorError> {
+        let Some(batch) = self.in_flight.take() else {
+            return Ok(());
+        };
+        match self.platform.commit_wait() {
+            Some(Ok(outcome)) => {
+                let written = outcome.written.saturating_sub(batch.alert_records);
+                self.summary.written += u64::from(written);
+                self.summary.duplicates += u64::from(outcome.duplicates);
+                Ok(())
+            }
+            Some(Err(e)) => Err(self.refused(batch.records, e)),
+            None => Err(ConnectorError::Internal(
+                "the host has no outcome for the batch in flight".into(),
+            )),
+        }
+    }
+
+    /// A batch the host did not store: nothing of this run's alerts beyond
+    /// what is committed can be trusted, and the cycle ends.
+    fn refused(&mut self, records: usize, e: String) -> ConnectorError {
+        if let Some(flow) = &mut self.alerts {
+            flow.forget();
+        }
+        ConnectorError::Internal(format!(
+            "the data lake refused a batch of {records} records: {e}"
+        ))
     }
 
     fn summary_json(&self) -> String {

@@ -108,9 +108,23 @@ struct Host {
     state: BTreeMap<String, Vec<u8>>,
     stored: BTreeMap<(Index, String), String>,
     logs: RefCell<Vec<String>>,
+    begun: Option<Result<CommitOutcome, String>>,
 }
 
 impl Platform for Host {
+    fn commit_begin(&mut self, batch: Batch) -> Result<(), String> {
+        assert!(
+            self.begun.is_none(),
+            "a second batch begun before commit_wait"
+        );
+        self.begun = Some(self.commit(batch));
+        Ok(())
+    }
+
+    fn commit_wait(&mut self) -> Option<Result<CommitOutcome, String>> {
+        self.begun.take()
+    }
+
     fn now(&self) -> OffsetDateTime {
         now()
     }

@@ -325,6 +325,12 @@ pub trait Platform {
     fn state_get(&self, key: &str) -> Option<Vec<u8>>;
     /// Commit records and state changes as one transaction.
     fn commit(&mut self, batch: Batch) -> Result<CommitOutcome, String>;
+    /// `commit` in two steps, so the caller can go on while the host writes:
+    /// `commit_begin` hands the batch over (an error: it was refused whole),
+    /// `commit_wait` returns its outcome once written (None: no batch begun).
+    /// One batch at a time; every read waits for a batch in flight.
+    fn commit_begin(&mut self, batch: Batch) -> Result<(), String>;
+    fn commit_wait(&mut self) -> Option<Result<CommitOutcome, String>>;
     /// For each id, whether a record with it is already stored in `index`.
     fn contains(&self, index: Index, ids: &[String]) -> Vec<bool>;
     /// For each Syslog record body, whether the operator's log filters drop it.

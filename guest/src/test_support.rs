@@ -85,6 +85,8 @@ pub struct FakePlatform {
     pub outbox: BTreeMap<String, crate::platform::Action>,
     /// Actions queued by each commit (new ids only).
     pub actions_queued: Vec<usize>,
+    /// The outcome of the batch `commit_begin` took.
+    pub begun: Option<Result<CommitOutcome, String>>,
 }
 
 impl FakePlatform {
@@ -107,6 +109,7 @@ impl FakePlatform {
             drop_containing: Vec::new(),
             outbox: BTreeMap::new(),
             actions_queued: Vec::new(),
+            begun: None,
         }
     }
 
@@ -148,6 +151,19 @@ impl FakePlatform {
 }
 
 impl Platform for FakePlatform {
+    fn commit_begin(&mut self, batch: Batch) -> Result<(), String> {
+        assert!(
+            self.begun.is_none(),
+            "a second batch begun before commit_wait"
+        );
+        self.begun = Some(self.commit(batch));
+        Ok(())
+    }
+
+    fn commit_wait(&mut self) -> Option<Result<CommitOutcome, String>> {
+        self.begun.take()
+    }
+
     fn now(&self) -> OffsetDateTime {
         self.now
     }

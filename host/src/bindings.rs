@@ -9,6 +9,11 @@ wasmtime::component::bindgen!({
     imports: {
         // A commit may write thousands of rows: it runs on a blocking thread.
         "dphost:connector/sink.commit": async | trappable,
+        // These wait for a commit in flight (`commit-begin`) first.
+        "dphost:connector/sink.commit-wait": async | trappable,
+        "dphost:connector/sink.contains": async | trappable,
+        "dphost:connector/sink.dropped-by-filters": async | trappable,
+        "dphost:connector/state.get": async | trappable,
         default: trappable,
     },
     exports: { default: async },

@@ -205,9 +205,23 @@ struct BenchHost {
     state: BTreeMap<String, Vec<u8>>,
     stored: HashSet<(Index, String)>,
     summary: Summary,
+    begun: Option<Result<CommitOutcome, String>>,
 }
 
 impl Platform for BenchHost {
+    fn commit_begin(&mut self, batch: Batch) -> Result<(), String> {
+        assert!(
+            self.begun.is_none(),
+            "a second batch begun before commit_wait"
+        );
+        self.begun = Some(self.commit(batch));
+        Ok(())
+    }
+
+    fn commit_wait(&mut self) -> Option<Result<CommitOutcome, String>> {
+        self.begun.take()
+    }
+
     fn now(&self) -> OffsetDateTime {
         NOW
     }

@@ -1,9 +1,11 @@
 //! `dphost:connector/sink`: the atomic, idempotent way into the data lake.
 //!
 //! A batch (records + outbox actions + state changes) is checked against the
-//! connector's limits and then committed as one SQLite transaction on a
-//! blocking thread. The owner (connector instance, tenant) comes from the
-//! host, never from the component.
+//! connector's limits and then committed as one store transaction on a
+//! blocking thread, either while the component waits (`commit`) or while it
+//! goes on (`commit-begin`, then `commit-wait`: one batch in flight at a
+//! time, and every read waits for it). The owner (connector instance,
+//! tenant) comes from the host, never from the component.
 
 use crate::bindings::dphost::connector::{sink, types};
 use crate::config::{Limits, LogFilter};
@@ -34,29 +36,49 @@ pub struct SinkStats {
     pub rejected: u32,
 }
 
-impl sink::Host for RunState {
-    async fn commit(
-        &mut self,
-        batch: types::Batch,
-    ) -> wasmtime::Result<Result<types::CommitOutcome, String>> {
-        let filtered_before = self.sink.filtered;
-        let batch = match check_batch(batch, &self.scope.limits) {
+/// A batch `commit-begin` handed to a blocking thread, and the outcome of
+/// the last one once it is written (until `commit-wait` collects it).
+#[derive(Default)]
+pub struct CommitPipe {
+    in_flight: Option<InFlight>,
+    settled: Option<Result<types::CommitOutcome, String>>,
+}
+
+struct InFlight {
+    write: tokio::task::JoinHandle<anyhow::Result<store::CommitOutcome>>,
+    /// Records the log filters dropped from it.
+    filtered: u32,
+}
+
+impl RunState {
+    /// Checks a batch and applies the log filters: what a commit writes.
+    fn prepare_batch(&mut self, batch: types::Batch) -> Result<(store::Batch, u32), String> {
+        match check_batch(batch, &self.scope.limits) {
             Ok(mut b) => {
                 let before = b.records.len();
                 let filters = &self.scope.filters;
                 b.records
                     .retain(|r| r.index != Index::Syslog || !dropped_by(filters, &r.body));
-                self.sink.filtered += (before - b.records.len()) as u64;
-                b
+                let filtered = (before - b.records.len()) as u32;
+                self.sink.filtered += u64::from(filtered);
+                Ok((b, filtered))
             }
             Err(why) => {
                 self.sink.rejected += 1;
                 tracing::warn!(connector = %self.scope.connector, "batch rejected: {why}");
-                return Ok(Err(why));
+                Err(why)
             }
-        };
+        }
+    }
+
+    /// Writes a batch on a blocking thread (a commit may write thousands of
+    /// rows; the runtime's threads go on with other runs).
+    fn spawn_write(
+        &self,
+        batch: store::Batch,
+    ) -> tokio::task::JoinHandle<anyhow::Result<store::CommitOutcome>> {
         let scope = self.scope.clone();
-        let result = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             scope.store.commit(
                 &store::Owner {
                     connector: scope.connector.clone(),
@@ -65,51 +87,125 @@ impl sink::Host for RunState {
                 &batch,
             )
         })
-        .await
-        .map_err(|e| wasmtime::Error::msg(format!("commit task failed: {e}")))?;
-        let filtered = (self.sink.filtered - filtered_before) as u32;
+    }
+
+    /// The outcome of a written batch, as the component sees it.
+    fn outcome(
+        &mut self,
+        result: anyhow::Result<store::CommitOutcome>,
+        filtered: u32,
+    ) -> Result<types::CommitOutcome, String> {
         match result {
             Ok(o) => {
                 self.sink.commits += 1;
                 self.sink.written += o.written as u64;
                 self.sink.duplicates += o.duplicates as u64;
                 self.sink.actions_queued += o.actions_queued as u64;
-                Ok(Ok(types::CommitOutcome {
+                Ok(types::CommitOutcome {
                     written: o.written,
                     duplicates: o.duplicates,
                     actions_queued: o.actions_queued,
                     filtered,
-                }))
+                })
             }
             // A storage failure is not the component's fault, but the
             // component must know nothing was written so it keeps its place.
-            Err(e) => Ok(Err(format!(
+            Err(e) => Err(format!(
                 "the host could not store the batch: {e:#} (nothing of it was written; {})",
                 crate::store::storage_advice(&e)
-            ))),
+            )),
         }
     }
 
-    fn contains(&mut self, index: types::Index, ids: Vec<String>) -> wasmtime::Result<Vec<bool>> {
+    /// Waits for the batch in flight, if any; its outcome waits for
+    /// `commit-wait`.
+    pub async fn settle_commit(&mut self) -> wasmtime::Result<()> {
+        if let Some(f) = self.commits.in_flight.take() {
+            let result = f
+                .write
+                .await
+                .map_err(|e| wasmtime::Error::msg(format!("commit task failed: {e}")))?;
+            let outcome = self.outcome(result, f.filtered);
+            self.commits.settled = Some(outcome);
+        }
+        Ok(())
+    }
+
+    /// An outcome `commit-wait` never collected: the failure of a batch the
+    /// run ended with.
+    pub fn uncollected_commit_failure(&mut self) -> Option<String> {
+        match self.commits.settled.take() {
+            Some(Err(why)) => Some(why),
+            _ => None,
+        }
+    }
+}
+
+impl sink::Host for RunState {
+    async fn commit(
+        &mut self,
+        batch: types::Batch,
+    ) -> wasmtime::Result<Result<types::CommitOutcome, String>> {
+        self.settle_commit().await?;
+        let (batch, filtered) = match self.prepare_batch(batch) {
+            Ok(b) => b,
+            Err(why) => return Ok(Err(why)),
+        };
+        let result = self
+            .spawn_write(batch)
+            .await
+            .map_err(|e| wasmtime::Error::msg(format!("commit task failed: {e}")))?;
+        Ok(self.outcome(result, filtered))
+    }
+
+    fn commit_begin(&mut self, batch: types::Batch) -> wasmtime::Result<Result<(), String>> {
+        if self.commits.in_flight.is_some() || self.commits.settled.is_some() {
+            return Ok(Err(
+                "a batch is already in flight: collect its outcome with commit-wait before beginning the next".into(),
+            ));
+        }
+        let (batch, filtered) = match self.prepare_batch(batch) {
+            Ok(b) => b,
+            Err(why) => return Ok(Err(why)),
+        };
+        let write = self.spawn_write(batch);
+        self.commits.in_flight = Some(InFlight { write, filtered });
+        Ok(Ok(()))
+    }
+
+    async fn commit_wait(
+        &mut self,
+    ) -> wasmtime::Result<Option<Result<types::CommitOutcome, String>>> {
+        self.settle_commit().await?;
+        Ok(self.commits.settled.take())
+    }
+
+    async fn contains(
+        &mut self,
+        index: types::Index,
+        ids: Vec<String>,
+    ) -> wasmtime::Result<Vec<bool>> {
         if ids.len() > MAX_CONTAINS_IDS {
             return Err(wasmtime::Error::msg(format!(
                 "sink.contains asked about {} ids; at most {MAX_CONTAINS_IDS} per call",
                 ids.len()
             )));
         }
+        self.settle_commit().await?;
         self.scope
             .store
             .contains(&self.scope.connector, to_store_index(index), &ids)
             .map_err(|e| super::store_failure(e, "look up records"))
     }
 
-    fn dropped_by_filters(&mut self, bodies: Vec<String>) -> wasmtime::Result<Vec<bool>> {
+    async fn dropped_by_filters(&mut self, bodies: Vec<String>) -> wasmtime::Result<Vec<bool>> {
         if bodies.len() > MAX_CONTAINS_IDS {
             return Err(wasmtime::Error::msg(format!(
                 "sink.dropped-by-filters got {} bodies; at most {MAX_CONTAINS_IDS} per call",
                 bodies.len()
             )));
         }
+        self.settle_commit().await?;
         Ok(bodies
             .iter()
             .map(|b| dropped_by(&self.scope.filters, b))

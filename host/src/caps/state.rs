@@ -13,7 +13,9 @@ pub fn link(linker: &mut Linker<RunState>) -> anyhow::Result<()> {
 }
 
 impl state::Host for RunState {
-    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        // What a batch in flight sets is read back, never an older value.
+        self.settle_commit().await?;
         self.scope
             .store
             .state_get(&self.scope.connector, &key)

@@ -62,6 +62,8 @@ pub struct RunState {
     pub http: HttpGate,
     pub log: LogBudget,
     pub sink: SinkStats,
+    /// The batch `commit-begin` took, while it is written.
+    pub commits: caps::sink::CommitPipe,
     pub progress: Progress,
     pub progress_observer: Option<ProgressObserver>,
     memory: MemoryCap,
@@ -446,6 +448,7 @@ impl Runtime {
             http: caps::http::prepare(&connector.name, &connector.allowed, credential.as_ref()),
             log: caps::log::prepare(limits.log_lines_per_run),
             sink: SinkStats::default(),
+            commits: Default::default(),
             progress: Progress::default(),
             progress_observer: observer,
             memory: MemoryCap {
@@ -509,6 +512,11 @@ impl Runtime {
             }
         })
         .await;
+        // A batch still being written when the call ended counts: the run
+        // fails if it does. (After a trap or a timeout the write still ends
+        // whole, one way or the other: wait for it so the report is true.)
+        let last_write = store.data_mut().settle_commit().await;
+        let lost_batch = store.data_mut().uncollected_commit_failure();
 
         let data = store.data();
         report.requests = data.http.requests;
@@ -532,6 +540,16 @@ impl Runtime {
             Err(_elapsed) => Err(Failure::Timeout {
                 seconds: limits.run_timeout_secs,
             }),
+            Ok(Ok(Ok(_))) if last_write.is_err() || lost_batch.is_some() => {
+                Err(Failure::Host(format!(
+                    "the connector ended while its last batch was being written, and that write failed: {}",
+                    match (&last_write, &lost_batch) {
+                        (Err(e), _) => format!("{e:#}"),
+                        (_, Some(why)) => why.clone(),
+                        _ => unreachable!("one of them failed"),
+                    }
+                )))
+            }
             Ok(Ok(Ok(text))) => Ok(text),
             Ok(Ok(Err(e))) => Err(Failure::Connector(e)),
             Ok(Err(trap)) => Err(classify_trap(trap, memory_exceeded, &limits, &stderr)),

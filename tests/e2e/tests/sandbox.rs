@@ -194,3 +194,33 @@ fn runaway_components_are_stopped_and_the_healthy_tenant_is_unaffected() -> Resu
     }
     Ok(())
 }
+
+#[test]
+fn a_commit_in_flight_is_one_at_a_time_and_stored_even_if_the_run_ends_first() -> Result<()> {
+    let sim = Sim::start(&["--rate", "0"])?;
+    let ws = Workspace::new()?;
+    ws.write_config(&probe("pipe", "mallory", &sim.url, "probe = \"pipelined\""))?;
+    let out = ws.dphost(&["once"])?;
+    assert!(out.status.success(), "{}", text(&out));
+    let seen = ws.search("syslog", "msg_class:probe")?;
+    let answers = seen
+        .iter()
+        .find(|r| r.get("first_wait").is_some())
+        .unwrap_or_else(|| panic!("no answers among {seen:?}"));
+    assert_eq!(answers["a"], "begun");
+    assert!(
+        answers["b"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused: a batch is already in flight"),
+        "{answers}"
+    );
+    assert_eq!(answers["first_wait"], "written 1");
+    assert_eq!(answers["second_wait"], "none");
+    // The refused batch is not there; the one the run ended with is.
+    assert_eq!(
+        ws.record_ids("pipe", "syslog")?,
+        vec!["pipe-a", "pipe-c", "pipelined"]
+    );
+    Ok(())
+}

@@ -19,6 +19,9 @@
 //! - `garbage`: commits batches that are malformed in every way the host
 //!   checks (not JSON, not an object, empty or huge ids, bad action params,
 //!   huge state values), each must be refused whole; reports the answers;
+//! - `pipelined`: begins a commit, tries to begin a second before taking
+//!   the first's outcome (must be refused), takes the outcomes, then ends
+//!   with a batch in flight (the host must still store it);
 //! - `trap`: commits one good batch (records and a state key), then panics
 //!   half way through building the next: the first stays, nothing of the
 //!   second lands;
@@ -37,7 +40,9 @@ mod component {
         generate_all,
     });
 
-    use dphost::connector::types::{Action, Batch, ConnectorError, Index, Record, WriteMode};
+    use dphost::connector::types::{
+        Action, Batch, CommitOutcome, ConnectorError, Index, Record, WriteMode,
+    };
     use dphost::connector::{log, sink, state};
     use exports::dphost::connector::connector::Guest;
     use wasi::http::outgoing_handler;
@@ -374,6 +379,37 @@ mod component {
                         serde_json::json!({"msg_class": "probe", "answers": summary}),
                     )?;
                     Ok(summary.to_string())
+                }
+                "pipelined" => {
+                    let one = |id: &str| Batch {
+                        records: vec![record(
+                            id,
+                            format!("{{\"msg_class\":\"probe\",\"id\":\"{id}\"}}"),
+                        )],
+                        actions: vec![],
+                        state: vec![],
+                    };
+                    let show = |r: &Result<(), String>| match r {
+                        Ok(()) => "begun".to_string(),
+                        Err(e) => format!("refused: {e}"),
+                    };
+                    let outcome = |o: &Option<Result<CommitOutcome, String>>| match o {
+                        Some(Ok(o)) => format!("written {}", o.written),
+                        Some(Err(e)) => format!("failed: {e}"),
+                        None => "none".to_string(),
+                    };
+                    let a = show(&sink::commit_begin(&one("pipe-a")));
+                    let b = show(&sink::commit_begin(&one("pipe-b")));
+                    let first_wait = outcome(&sink::commit_wait());
+                    let second_wait = outcome(&sink::commit_wait());
+                    commit(
+                        "pipelined",
+                        serde_json::json!({"msg_class": "probe", "a": a, "b": b,
+                            "first_wait": first_wait, "second_wait": second_wait}),
+                    )?;
+                    // Ends with a batch in flight: the host waits for it.
+                    sink::commit_begin(&one("pipe-c")).map_err(ConnectorError::Internal)?;
+                    Ok("pipelined".into())
                 }
                 "trap" => {
                     let first = Batch {
