@@ -31,9 +31,14 @@ build: setup
 run: build
 	./scripts/demo.sh
 
-## test: unit tests (host, guest natively, simulator) and end-to-end tests
+## test: unit tests (host, guest natively, simulator) and end-to-end tests,
+## then the suites that exercise storage again on a throwaway PostgreSQL
+## (tests/postgres/postgres.sh installs and starts it; `multihost` and
+## `backends` use it in the first pass already)
+PG_SUITES := --test pipeline --test collection --test crash --test cli --test ops --test forward
 test: build
 	$(CARGO) test --release --workspace
+	DPHOST_TEST_STORE=postgres $(CARGO) test --release -p e2e $(PG_SUITES)
 
 ## fuzz: fuzz the TAP response parser and normaliser (cargo-fuzz, libFuzzer),
 ## FUZZ_SECS per target, seeded from the hand-made corpus; findings in fuzz/artifacts

@@ -169,6 +169,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> Response {
         for r in &mut status.connectors {
             r.running = Some(host.is_running(&r.connector));
         }
+        status.leases = Some(host.leases.state());
         anyhow::Ok(status)
     })
     .await;
@@ -190,7 +191,8 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     let text = tokio::task::spawn_blocking(move || {
         let config = host.config();
         let now_ms = config.host.clock().now_ms()?;
-        host.metrics.render(&config, &host.runtime.store, now_ms)
+        host.metrics
+            .render_with_leases(&config, &host.runtime.store, now_ms, &host.leases.state())
     })
     .await;
     match text {

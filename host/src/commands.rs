@@ -6,7 +6,7 @@ use crate::config::{Config, ConnectorConfig};
 use crate::runtime::{CallReport, Operation, Progress, ProgressObserver, Runtime};
 use crate::scheduler;
 use crate::search::{parse_time_bound, Query};
-use crate::store::{Index, ScanFilter, Store, INDEXED_FIELDS};
+use crate::store::{Index, Store};
 use crate::validate;
 use anyhow::{bail, Result};
 use std::io::Write;
@@ -73,12 +73,50 @@ pub async fn once(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
             validate::report(&config, &problems)
         );
     }
+    // On a shared store, only connectors no other host holds are collected
+    // here, under leases of this process (renewed while it runs).
+    let leases = crate::leases::Leases::new(
+        runtime.store.clone(),
+        config.host.lease_owner(),
+        config.host.lease_secs,
+        true,
+    );
+    let (stop_leases, stop_rx) = tokio::sync::watch::channel(false);
+    let mut selected = selected;
+    let mut skipped = Vec::new();
+    let mut renewing = None;
+    if leases.shared() {
+        let names: Vec<String> = selected.iter().map(|c| c.name.clone()).collect();
+        leases.round(names.clone(), Vec::new()).await?;
+        renewing = Some(tokio::spawn(
+            leases
+                .clone()
+                .keep(move || (names.clone(), Vec::new()), stop_rx),
+        ));
+        let all = runtime.store.leases()?;
+        selected.retain(|c| {
+            if leases.fence(&c.name).is_some() {
+                return true;
+            }
+            let holder = all
+                .iter()
+                .find(|l| l.connector == c.name)
+                .and_then(|l| l.owner.clone())
+                .unwrap_or_else(|| "another host".into());
+            skipped.push(format!(
+                "{} (tenant {}): skipped: dphost host {holder} holds its lease and collects it",
+                c.name, c.tenant
+            ));
+            false
+        });
+    }
     let permits = Arc::new(crate::slots::RunSlots::new(&config.host));
     // Progress bars draw only on a terminal; in scripts and CI they are hidden.
     let bars = indicatif::MultiProgress::new();
     let mut tasks = tokio::task::JoinSet::new();
     for (i, c) in selected.into_iter().enumerate() {
         let (runtime, permits) = (runtime.clone(), permits.clone());
+        let fence = leases.fence(&c.name).flatten();
         let bar = bars.add(progress_bar(&c.name));
         tasks.spawn(async move {
             let _slot = permits.acquire(&c.tenant).await;
@@ -91,7 +129,7 @@ pub async fn once(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
                 observer_bar.set_message(format!("{} events, {rate:.0}/s", p.items));
             });
             let report = runtime
-                .call_observed(&c, Operation::Collect, Some(observer))
+                .call_fenced(&c, Operation::Collect, Some(observer), fence)
                 .await;
             bar.finish_and_clear();
             (i, report)
@@ -102,9 +140,19 @@ pub async fn once(config_path: &Path, only: Option<&str>) -> Result<ExitCode> {
         reports.push(r?);
     }
     reports.sort_by_key(|(i, _)| *i);
+    // Renewals end before the leases go back: a round still in flight
+    // would take them again after the release.
+    let _ = stop_leases.send(true);
+    if let Some(task) = renewing {
+        let _ = task.await;
+    }
+    leases.release_all().await;
     let mut failed = 0;
     {
         let mut out = std::io::stdout().lock();
+        for line in &skipped {
+            writeln!(out, "{line}")?;
+        }
         for (_, r) in &reports {
             writeln!(out, "{}", describe_collect(r))?;
             if r.result.is_err() {
@@ -274,16 +322,7 @@ pub fn search(config_path: &Path, req: &SearchRequest) -> Result<ExitCode> {
             .map(|t| parse_time_bound(t, now_ms))
             .transpose()
     };
-    let filter = ScanFilter {
-        tenant: req.tenant.clone(),
-        equals: INDEXED_FIELDS
-            .iter()
-            .filter_map(|(path, _)| query.required_value(path).map(|v| (path.to_string(), v)))
-            .collect(),
-        since_ms: bound(&req.since)?,
-        until_ms: bound(&req.until)?,
-        must_contain: query.prefilter(),
-    };
+    let filter = query.scan_filter(req.tenant.clone(), bound(&req.since)?, bound(&req.until)?);
     let (format, count_only, limit) = (req.format, req.count_only, req.limit);
     let store = Store::for_host(&config.host)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());

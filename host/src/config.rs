@@ -56,6 +56,40 @@ pub struct HostConfig {
     /// the real clock (see `clock.rs`; `tap-sim --clock-file` reads the same).
     #[serde(default)]
     pub clock_file: Option<PathBuf>,
+    /// Where the data is kept: left out, the embedded SQLite store in
+    /// `data_dir`; `postgres://USER@HOST:PORT/DATABASE`, a PostgreSQL
+    /// database that several hosts share (connectors are leased among them).
+    #[serde(default)]
+    pub store: Option<StoreUrl>,
+    /// The database password, when the URL has none: from this environment
+    /// variable or this file (else PGPASSWORD).
+    #[serde(default)]
+    pub store_password_env: Option<String>,
+    #[serde(default)]
+    pub store_password_file: Option<PathBuf>,
+    /// This host's name in the connector leases (default: the machine's
+    /// host name and the process id).
+    #[serde(default)]
+    pub host_name: Option<String>,
+    /// How long a connector lease lasts without renewal, in seconds: a host
+    /// that dies loses its connectors to the others after this long.
+    #[serde(default = "default_lease_secs")]
+    pub lease_secs: u64,
+}
+
+/// A `[host] store` URL: it may hold a password, so it is never printed
+/// (Debug shows it without one).
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct StoreUrl(pub String);
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match crate::store::parse_postgres_url(&self.0) {
+            Ok(c) => write!(f, "{}", crate::store::redacted_postgres_url(&c)),
+            Err(_) => write!(f, "<store URL>"),
+        }
+    }
 }
 
 impl Default for HostConfig {
@@ -67,6 +101,11 @@ impl Default for HostConfig {
             max_runs_per_tenant: None,
             shutdown_grace_secs: default_shutdown_grace_secs(),
             clock_file: None,
+            store: None,
+            store_password_env: None,
+            store_password_file: None,
+            host_name: None,
+            lease_secs: default_lease_secs(),
         }
     }
 }
@@ -89,6 +128,10 @@ fn default_components_dir() -> PathBuf {
 fn default_max_concurrent_runs() -> usize {
     16
 }
+fn default_lease_secs() -> u64 {
+    30
+}
+
 fn default_shutdown_grace_secs() -> u64 {
     30
 }
@@ -294,6 +337,49 @@ struct RawFile {
 }
 
 impl HostConfig {
+    /// How to reach the PostgreSQL store, if `store` names one; the
+    /// password read from its source now.
+    pub fn postgres(&self) -> Result<Option<crate::store::PgOptions>> {
+        let Some(url) = &self.store else {
+            return Ok(None);
+        };
+        let password = match (&self.store_password_env, &self.store_password_file) {
+            (Some(var), _) => Some(std::env::var(var).with_context(|| {
+                format!("the environment variable {var} named by `[host] store_password_env` is not set: set it to the database password")
+            })?),
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .with_context(|| {
+                        format!(
+                            "cannot read `[host] store_password_file` {}: it must hold the database password",
+                            file.display()
+                        )
+                    })?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        Ok(Some(crate::store::PgOptions {
+            url: url.0.clone(),
+            password,
+            lease_secs: self.lease_secs,
+        }))
+    }
+
+    /// This host's name in the connector leases.
+    pub fn lease_owner(&self) -> String {
+        match &self.host_name {
+            Some(n) => n.clone(),
+            None => {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "host".to_string());
+                format!("{host}/{}", std::process::id())
+            }
+        }
+    }
+
     pub fn clock(&self) -> crate::clock::Clock {
         match &self.clock_file {
             Some(path) => crate::clock::Clock::File(path.clone()),
@@ -322,9 +408,39 @@ impl Config {
         host.data_dir = anchor(&base, &host.data_dir);
         host.components_dir = anchor(&base, &host.components_dir);
         host.clock_file = host.clock_file.map(|f| anchor(&base, &f));
+        host.store_password_file = host.store_password_file.map(|f| anchor(&base, &f));
 
         let lines = KeyLines::of(text);
         let mut problems = Vec::new();
+        match &host.store {
+            Some(url) => {
+                if let Err(e) = crate::store::parse_postgres_url(&url.0) {
+                    problems.push(format!("{}{e}", lines.at("host.store")));
+                }
+                if host.store_password_env.is_some() && host.store_password_file.is_some() {
+                    problems.push(format!(
+                        "{}[host] give at most one of `store_password_env` and `store_password_file`",
+                        lines.at("host.store_password_file")
+                    ));
+                }
+            }
+            None => {
+                for key in ["store_password_env", "store_password_file"] {
+                    if lines.line(&format!("host.{key}")).is_some() {
+                        problems.push(format!(
+                            "{}[host] `{key}` is for a PostgreSQL `store`, and none is set: add `store = \"postgres://USER@HOST:PORT/DATABASE\"` or remove it",
+                            lines.at(&format!("host.{key}"))
+                        ));
+                    }
+                }
+            }
+        }
+        if host.lease_secs < 3 {
+            problems.push(format!(
+                "{}[host] lease_secs must be at least 3 (leases are renewed every third of it)",
+                lines.at("host.lease_secs")
+            ));
+        }
         if host.max_concurrent_runs == 0 {
             problems.push(format!(
                 "{}[host] max_concurrent_runs must be at least 1",
@@ -1402,6 +1518,61 @@ mod tests {
         assert!(!o.matches("http", "tap.example.com", Some(443)));
         assert!(!o.matches("https", "tap.example.com", Some(8443)));
         assert!(!o.matches("https", "evil.example.com", None));
+    }
+
+    #[test]
+    fn a_postgres_store_is_checked_and_its_password_never_shown() {
+        let with = |host: &str| {
+            Config::parse(
+                &format!("[host]\n{host}\n"),
+                Path::new("/etc/dphost/dphost.toml"),
+            )
+        };
+        let err = format!("{:#}", with("store = \"mysql://u:pw@h/db\"").unwrap_err());
+        assert!(
+            err.contains("line 2: `[host] store` must be a PostgreSQL URL"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            with("store = \"postgres://u:S3cr3t-pw@h:notaport/db\"").unwrap_err()
+        );
+        assert!(err.contains("not a valid PostgreSQL URL"), "{err}");
+        assert!(!err.contains("S3cr3t-pw"), "{err}");
+        let c = with("store = \"postgres://u:S3cr3t-pw@db.example:5433/dphost\"").unwrap();
+        let shown = format!("{:?}", c.host);
+        assert!(!shown.contains("S3cr3t-pw"), "{shown}");
+        assert!(
+            shown.contains("postgres://u@db.example:5433/dphost"),
+            "{shown}"
+        );
+        let err = format!(
+            "{:#}",
+            with("store = \"postgres://u@h/db\"\nstore_password_env = \"A\"\nstore_password_file = \"b\"")
+                .unwrap_err()
+        );
+        assert!(err.contains("at most one of `store_password_env`"), "{err}");
+        let err = format!("{:#}", with("store_password_env = \"A\"").unwrap_err());
+        assert!(err.contains("is for a PostgreSQL `store`"), "{err}");
+        // The password sources, read when the store is opened.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("pw"), "from-file\n").unwrap();
+        let c = Config::parse(
+            "[host]\nstore = \"postgres://u@h/db\"\nstore_password_file = \"pw\"\n",
+            &dir.path().join("dphost.toml"),
+        )
+        .unwrap();
+        let o = c.host.postgres().unwrap().unwrap();
+        assert_eq!(o.password.as_deref(), Some("from-file"));
+        let c =
+            with("store = \"postgres://u@h/db\"\nstore_password_env = \"DPHOST_TEST_UNSET_PG\"")
+                .unwrap();
+        let err = format!("{:#}", c.host.postgres().unwrap_err());
+        assert!(
+            err.contains("DPHOST_TEST_UNSET_PG named by `[host] store_password_env` is not set"),
+            "{err}"
+        );
+        assert!(with("").unwrap().host.postgres().unwrap().is_none());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! - `clock`: "now", real or from a clock file shared with the simulator;
 //! - `runtime`: the wasmtime engine, the components folder, one sandbox per call;
 //! - `caps`: what a sandbox may use, one module per imported WIT interface;
-//! - `store`: the embedded SQLite store (state, indexes, outbox, run history);
+//! - `store`: the storage interface and its backends, embedded SQLite and
+//!   PostgreSQL (state, indexes, outbox, run history, leases);
+//! - `leases`: which connectors this host runs when several share a store;
 //! - `scheduler`: `dphost run`; `slots`: how many runs at once, per host and tenant;
 //! - `search`: the query language of `dphost search`;
 //! - `forward`: `[[output]]`s shipping the Syslog and Alerts indexes to a SIEM;
@@ -20,6 +22,7 @@ pub mod commands;
 pub mod config;
 pub mod config_lines;
 pub mod forward;
+pub mod leases;
 pub mod metrics;
 pub mod response;
 pub mod runtime;

@@ -54,6 +54,11 @@ struct PoolLabels {
     pool: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LeaseLabels {
+    connector: String,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -76,6 +81,13 @@ pub struct Metrics {
     forward_pending: Family<OutputLabels, Gauge>,
     forward_delivered: Family<OutputLabels, Gauge>,
     forward_lag: Family<OutputLabels, Gauge<f64, AtomicU64>>,
+    leases_held: Gauge,
+    lease_hosts: Gauge,
+    lease_share: Gauge,
+    lease_acquired: Gauge,
+    lease_released: Gauge,
+    lease_refused: Gauge,
+    connector_lease: Family<LeaseLabels, Gauge>,
     /// Serialises encoding with the scrape-time gauge refresh.
     scrape: Mutex<()>,
 }
@@ -118,6 +130,13 @@ impl Metrics {
             forward_pending: Family::default(),
             forward_delivered: Family::default(),
             forward_lag: Family::default(),
+            leases_held: Gauge::default(),
+            lease_hosts: Gauge::default(),
+            lease_share: Gauge::default(),
+            lease_acquired: Gauge::default(),
+            lease_released: Gauge::default(),
+            lease_refused: Gauge::default(),
+            connector_lease: Family::default(),
             scrape: Mutex::new(()),
             registry: Registry::default(),
         };
@@ -211,7 +230,76 @@ impl Metrics {
             "How long the oldest undelivered record of each output has waited",
             m.forward_lag.clone(),
         );
+        for (name, help, g) in [
+            (
+                "leases_held",
+                "Connector leases this host holds (all connectors on an unshared store)",
+                &m.leases_held,
+            ),
+            (
+                "lease_hosts",
+                "Hosts alive on the store, this one included",
+                &m.lease_hosts,
+            ),
+            (
+                "lease_share",
+                "The most connectors this host takes while the other hosts have room",
+                &m.lease_share,
+            ),
+            (
+                "lease_acquired",
+                "Connector leases this host took since it started",
+                &m.lease_acquired,
+            ),
+            (
+                "lease_released",
+                "Connector leases this host gave up or lost since it started",
+                &m.lease_released,
+            ),
+            (
+                "lease_commits_refused",
+                "Runs of this host whose commit was refused: another host held the lease (fencing)",
+                &m.lease_refused,
+            ),
+        ] {
+            registry.register(name, help, g.clone());
+        }
+        registry.register(
+            "connector_lease",
+            "1 for each connector whose lease this host holds",
+            m.connector_lease.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// `render`, with this host's lease state.
+    pub fn render_with_leases(
+        &self,
+        config: &Config,
+        store: &Store,
+        now_ms: i64,
+        leases: &crate::leases::LeaseState,
+    ) -> anyhow::Result<String> {
+        {
+            let _one_at_a_time = self.scrape.lock().expect("metrics lock poisoned");
+            self.leases_held.set(leases.held.len() as i64);
+            self.lease_hosts.set(leases.hosts as i64);
+            self.lease_share.set(leases.share as i64);
+            self.lease_acquired.set(leases.acquired_total as i64);
+            self.lease_released.set(leases.released_total as i64);
+            self.lease_refused.set(leases.lost_total as i64);
+            self.connector_lease.clear();
+            if leases.shared {
+                for c in leases.held.keys() {
+                    self.connector_lease
+                        .get_or_create(&LeaseLabels {
+                            connector: c.clone(),
+                        })
+                        .set(1);
+                }
+            }
+        }
+        self.render(config, store, now_ms)
     }
 
     /// Counts one finished call.

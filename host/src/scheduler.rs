@@ -30,6 +30,9 @@ use tokio::time::Instant;
 pub struct Host {
     pub runtime: Arc<Runtime>,
     pub metrics: Metrics,
+    /// Which connectors this host runs (all of them, unless several hosts
+    /// share a PostgreSQL store).
+    pub leases: Arc<crate::leases::Leases>,
     config: RwLock<Arc<Config>>,
     running: Mutex<HashSet<String>>,
     /// Connection tests from the admin API run one at a time.
@@ -38,8 +41,15 @@ pub struct Host {
 
 impl Host {
     pub fn new(config: Arc<Config>, runtime: Arc<Runtime>) -> Host {
+        let leases = crate::leases::Leases::new(
+            runtime.store.clone(),
+            config.host.lease_owner(),
+            config.host.lease_secs,
+            false,
+        );
         Host {
             runtime,
+            leases,
             metrics: Metrics::new(),
             config: RwLock::new(config),
             running: Mutex::new(HashSet::new()),
@@ -63,14 +73,36 @@ impl Host {
         self.running.lock().expect("running lock poisoned").len()
     }
 
+    pub fn running_names(&self) -> Vec<String> {
+        self.running
+            .lock()
+            .expect("running lock poisoned")
+            .iter()
+            .cloned()
+            .collect()
+    }
+
     /// Calls `operation` of `connector`, counting it in the metrics and the log.
     pub async fn call(&self, connector: &ConnectorConfig, operation: Operation) -> CallReport {
+        self.call_fenced(connector, operation, None).await
+    }
+
+    /// `call` whose commits check the connector lease `fence`.
+    pub async fn call_fenced(
+        &self,
+        connector: &ConnectorConfig,
+        operation: Operation,
+        fence: Option<crate::store::Fence>,
+    ) -> CallReport {
         self.running
             .lock()
             .expect("running lock poisoned")
             .insert(connector.name.clone());
         self.metrics.run_started();
-        let report = self.runtime.call(connector, operation).await;
+        let report = self
+            .runtime
+            .call_fenced(connector, operation, None, fence)
+            .await;
         self.metrics.run_ended();
         self.running
             .lock()
@@ -109,6 +141,30 @@ pub async fn run(
         ));
         feed
     };
+    // Leases first: on SQLite this round hands every connector to this
+    // host before any loop starts; on a shared store it takes this host's
+    // share (and the loops wait for theirs).
+    let wanted = {
+        let host = host.clone();
+        move || {
+            let names = host
+                .config()
+                .connectors
+                .iter()
+                .filter(|c| c.enabled)
+                .map(|c| c.name.clone())
+                .collect();
+            (names, host.running_names())
+        }
+    };
+    let (names, _) = wanted();
+    if let Err(e) = host.leases.join(names).await {
+        if !host.leases.shared() {
+            return Err(e);
+        }
+        tracing::warn!("cannot take connector leases yet: {e:#}; retrying");
+    }
+    tasks.spawn(host.leases.clone().keep(wanted, stop_rx.clone()));
     let enabled: Vec<&ConnectorConfig> = config.connectors.iter().filter(|c| c.enabled).collect();
     for (i, c) in enabled.iter().enumerate() {
         let offset = first_run_offset(c, i, enabled.len(), config.host.max_concurrent_runs);
@@ -120,11 +176,17 @@ pub async fn run(
         tasks.spawn(crate::forward::run_output(store, output, stop_rx.clone()));
     }
     tracing::info!(
-        "scheduler started: {} connector(s) ({} disabled), at most {} runs at once ({} per tenant); Ctrl-C stops, SIGHUP reloads {}",
+        "scheduler started: {} connector(s) ({} disabled), at most {} runs at once ({} per tenant), store {}{}; Ctrl-C stops, SIGHUP reloads {}",
         loops.len(),
         config.connectors.len() - loops.len(),
         config.host.max_concurrent_runs,
         config.host.runs_per_tenant(),
+        host.runtime.store.describe(),
+        if host.leases.shared() {
+            format!(" shared as host `{}` (leases of {} s)", host.leases.host, config.host.lease_secs)
+        } else {
+            String::new()
+        },
         config.path.display()
     );
 
@@ -137,6 +199,7 @@ pub async fn run(
                     Ok(new) => {
                         apply(&new, &mut loops, &mut tasks, &spawn);
                         *host.config.write().expect("config lock poisoned") = new;
+                        host.leases.kick();
                     }
                     Err(e) => tracing::error!(
                         "configuration reload refused, still running the previous configuration: {e:#}"
@@ -161,6 +224,7 @@ pub async fn run(
         );
         tasks.shutdown().await;
     }
+    host.leases.release_all().await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -303,13 +367,48 @@ async fn connector_loop(
     mut stop: watch::Receiver<bool>,
     first_offset: Duration,
 ) {
-    let first_due = Instant::now() + first_offset;
+    let mut first_due = Instant::now() + first_offset;
     let mut last_start: Option<Instant> = None;
     let mut retry_at: Option<Instant> = None;
+    let mut leases = host.leases.subscribe();
+    let mut holding = false;
+    let mut recorded_due: Option<i64> = None;
     loop {
         let Some(connector) = feed.borrow_and_update().clone() else {
             return;
         };
+        leases.borrow_and_update();
+        // Only the lease holder schedules and runs a connector.
+        if host.leases.fence(&connector.name).is_none() {
+            holding = false;
+            tokio::select! {
+                changed = leases.changed() => if changed.is_err() { return },
+                changed = feed.changed() => if changed.is_err() { return },
+                _ = stop.wait_for(|s| *s) => return,
+            }
+            continue;
+        }
+        if !holding {
+            holding = true;
+            if host.leases.shared() {
+                // Taken over (or first held): go on with the schedule the
+                // store keeps, whichever host wrote it; a run the previous
+                // holder did not finish is due now.
+                let (store, name) = (host.runtime.store.clone(), connector.name.clone());
+                let next = tokio::task::spawn_blocking(move || store.next_run(&name))
+                    .await
+                    .ok()
+                    .and_then(|r| r.ok())
+                    .flatten();
+                let wait = next.map_or(first_offset, |ms| {
+                    Duration::from_millis((ms - now_ms()).max(0) as u64)
+                });
+                first_due = Instant::now() + wait;
+                last_start = None;
+                retry_at = None;
+                recorded_due = None;
+            }
+        }
         // Keep the cadence from the last run's start; a rate-limited
         // connector waits as long as the API asked.
         let interval = interval_of(&connector);
@@ -318,12 +417,22 @@ async fn connector_loop(
             Some(s) => (s + interval).max(retry_at.unwrap_or(s)),
         };
         let due_ms = now_ms() + due.saturating_duration_since(Instant::now()).as_millis() as i64;
-        if let Err(e) = host.runtime.store.set_next_run(&connector.name, due_ms) {
-            tracing::warn!(connector = %connector.name, "cannot record the next run: {e:#}");
+        // Written when it changes (lease changes wake every loop).
+        if recorded_due.is_none_or(|r| (r - due_ms).abs() > 1_000) {
+            if let Err(e) = host.runtime.store.set_next_run(&connector.name, due_ms) {
+                tracing::warn!(connector = %connector.name, "cannot record the next run: {e:#}");
+            }
+            recorded_due = Some(due_ms);
         }
         tokio::select! {
             _ = tokio::time::sleep_until(due) => {}
             changed = feed.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+            changed = leases.changed() => {
                 if changed.is_err() {
                     return;
                 }
@@ -334,6 +443,10 @@ async fn connector_loop(
         let permit = tokio::select! {
             p = permits.acquire(&connector.tenant) => p,
             _ = stop.wait_for(|s| *s) => return,
+        };
+        // The lease may have gone while this run waited for a slot.
+        let Some(fence) = host.leases.fence(&connector.name) else {
+            continue;
         };
         let lag = Instant::now().saturating_duration_since(due);
         host.metrics.schedule_lag(lag);
@@ -347,8 +460,13 @@ async fn connector_loop(
         last_start = Some(Instant::now());
         // A run in progress is not interrupted by the stop signal: the
         // scheduler's grace period bounds it instead.
-        let report = host.call(&connector, Operation::Collect).await;
+        let report = host
+            .call_fenced(&connector, Operation::Collect, fence)
+            .await;
         drop(permit);
+        if matches!(report.result, Err(crate::runtime::Failure::LeaseLost(_))) {
+            host.leases.note_lost();
+        }
         retry_at = report
             .result
             .as_ref()

@@ -116,6 +116,27 @@ impl Query {
         }
     }
 
+    /// What the store may narrow in SQL before `matches` decides: exact
+    /// terms on the indexed fields, the tenant, the time bounds and the
+    /// required literals.
+    pub fn scan_filter(
+        &self,
+        tenant: Option<String>,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+    ) -> crate::store::ScanFilter {
+        crate::store::ScanFilter {
+            tenant,
+            equals: crate::store::INDEXED_FIELDS
+                .iter()
+                .filter_map(|(path, _)| self.required_value(path).map(|v| (path.to_string(), v)))
+                .collect(),
+            since_ms,
+            until_ms,
+            must_contain: self.prefilter(),
+        }
+    }
+
     pub fn matches(&self, record: &Value) -> bool {
         match self {
             Query::All => true,

@@ -45,9 +45,23 @@ pub struct ConnectorStatus {
     /// Response actions (e.g. disable user): counts by outcome and the
     /// latest audit record.
     pub actions: ConnectorActions,
+    /// Which host runs it (a store several hosts share): its lease.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease: Option<LeaseStatus>,
     /// Only known to a running host (admin API): a run is executing now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub running: Option<bool>,
+}
+
+/// A connector's lease, as the store keeps it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct LeaseStatus {
+    /// The host that runs it (None: free, the next round gives it to one).
+    pub owner: Option<String>,
+    /// The fencing token: one more at every new holder.
+    pub token: i64,
+    /// Seconds until the lease runs out unless renewed (negative: expired).
+    pub expires_in_secs: f64,
 }
 
 /// Everything `dphost status` shows: connectors, then forwarding outputs.
@@ -55,12 +69,29 @@ pub struct ConnectorStatus {
 pub struct HostStatus {
     pub connectors: Vec<ConnectorStatus>,
     pub outputs: Vec<OutputStatus>,
+    /// Only from a running host (admin API): the leases it holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub leases: Option<crate::leases::LeaseState>,
 }
 
 pub fn host(config: &Config, store: &Store, now_ms: i64) -> Result<HostStatus> {
+    let mut connectors = all(config, store, now_ms)?;
+    // One read for every connector's lease (none on SQLite).
+    let leases = store.leases()?;
+    for c in &mut connectors {
+        c.lease = leases
+            .iter()
+            .find(|l| l.connector == c.connector)
+            .map(|l| LeaseStatus {
+                owner: l.owner.clone(),
+                token: l.token,
+                expires_in_secs: (l.expires_ms - l.now_ms) as f64 / 1000.0,
+            });
+    }
     Ok(HostStatus {
-        connectors: all(config, store, now_ms)?,
+        connectors,
         outputs: crate::forward::output_status(store, &config.outputs, now_ms)?,
+        leases: None,
     })
 }
 
@@ -131,12 +162,16 @@ pub fn one(c: &ConnectorConfig, store: &Store, now_ms: i64) -> Result<ConnectorS
         },
         interval_min: c.interval_min,
         actions: crate::response::outbox::summary(store, &c.name)?,
+        lease: None,
         running: None,
     })
 }
 
 /// An aligned table with the main columns, and each last error below its row.
 pub fn table(rows: &[ConnectorStatus]) -> String {
+    if rows.iter().any(|r| r.lease.is_some()) {
+        return table_with_owner(rows);
+    }
     let header = [
         "CONNECTOR",
         "TENANT",
@@ -163,6 +198,57 @@ pub fn table(rows: &[ConnectorStatus]) -> String {
                 r.alerts.to_string(),
                 r.quarantined.to_string(),
                 dash(&r.checkpoint),
+                r.lag_seconds
+                    .map(|l| format!("{}m", l / 60))
+                    .unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let columns = Columns::fit(header, &cells);
+    let mut out = columns.line(header);
+    out.push('\n');
+    for (row, r) in cells.iter().zip(rows) {
+        out.push_str(&columns.row(row));
+        out.push('\n');
+        if let Some(e) = &r.last_error {
+            out.push_str(&format!("  last error: {e}\n"));
+        }
+        out.push_str(&actions_lines(&r.actions));
+    }
+    out
+}
+
+/// `table` with the host that holds each connector's lease (shared stores).
+fn table_with_owner(rows: &[ConnectorStatus]) -> String {
+    let header = [
+        "CONNECTOR",
+        "TENANT",
+        "STATE",
+        "OWNER",
+        "LAST RUN",
+        "NEXT RUN",
+        "RECORDS",
+        "ALERTS",
+        "QUARANTINED",
+        "LAG",
+    ];
+    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let cells: Vec<[String; 10]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.connector.clone(),
+                r.tenant.clone(),
+                r.state.to_string(),
+                r.lease
+                    .as_ref()
+                    .and_then(|l| l.owner.clone())
+                    .unwrap_or_else(|| "-".into()),
+                dash(&r.last_run_end),
+                dash(&r.next_run),
+                r.records.to_string(),
+                r.alerts.to_string(),
+                r.quarantined.to_string(),
                 r.lag_seconds
                     .map(|l| format!("{}m", l / 60))
                     .unwrap_or_else(|| "-".into()),

@@ -15,6 +15,7 @@
 # the databases, the log and the pid file. Only the LDAP service runs, bound
 # to loopback. A failed start stops what it started and deletes DIR.
 set -euo pipefail
+tests_dir=$(cd "$(dirname "$0")/.." && pwd)
 
 cmd=${1:-}
 dir=${2:-}
@@ -58,13 +59,7 @@ command -v ldapsearch >/dev/null || need+=(ldap-utils)
 command -v openssl >/dev/null || need+=(openssl)
 command -v setsid >/dev/null || need+=(util-linux)
 if ((${#need[@]})); then
-  if [[ $(id -u) != 0 ]]; then
-    echo "samba-dc.sh: missing ${need[*]}: run as root (apt-get install) or install them" >&2
-    exit 1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  sh "$tests_dir/apt-install.sh" "${need[@]}" >/dev/null
 fi
 
 mkdir -p "$dir"

@@ -11,6 +11,7 @@
 # (rsyslog's parsed fields) to DIR/plain.log or DIR/tls.log.
 # DIR/other-ca.pem is a CA that signed nothing (for the verification test).
 set -eu
+tests_dir=$(cd "$(dirname "$0")/.." && pwd)
 
 cmd=${1:?usage: rsyslog.sh setup DIR PLAIN_PORT TLS_PORT | run DIR}
 dir=${2:?the working folder}
@@ -20,15 +21,9 @@ setup)
     plain=${3:?plain TCP port}
     tls=${4:?TLS port}
     if ! command -v rsyslogd >/dev/null 2>&1 || ! ls /usr/lib/*/rsyslog/lmnsd_gtls.so >/dev/null 2>&1; then
-        echo "installing rsyslog and rsyslog-gnutls" >&2
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -q >&2
-        apt-get install -y -q --no-install-recommends rsyslog rsyslog-gnutls >&2
+        sh "$tests_dir/apt-install.sh" rsyslog rsyslog-gnutls
     fi
-    command -v openssl >/dev/null 2>&1 || {
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get install -y -q --no-install-recommends openssl >&2
-    }
+    command -v openssl >/dev/null 2>&1 || sh "$tests_dir/apt-install.sh" openssl
     mkdir -p "$dir/work"
     cd "$dir"
     if [ ! -e ca.pem ]; then

@@ -83,6 +83,7 @@ impl RunState {
                 &store::Owner {
                     connector: scope.connector.clone(),
                     tenant: scope.tenant.clone(),
+                    fence: scope.fence.clone(),
                 },
                 &batch,
             )
@@ -94,8 +95,8 @@ impl RunState {
         &mut self,
         result: anyhow::Result<store::CommitOutcome>,
         filtered: u32,
-    ) -> Result<types::CommitOutcome, String> {
-        match result {
+    ) -> wasmtime::Result<Result<types::CommitOutcome, String>> {
+        Ok(match result {
             Ok(o) => {
                 self.sink.commits += 1;
                 self.sink.written += o.written as u64;
@@ -108,13 +109,21 @@ impl RunState {
                     filtered,
                 })
             }
-            // A storage failure is not the component's fault, but the
-            // component must know nothing was written so it keeps its place.
-            Err(e) => Err(format!(
-                "the host could not store the batch: {e:#} (nothing of it was written; {})",
-                crate::store::storage_advice(&e)
-            )),
-        }
+            // Another host holds the connector now: this run must stop
+            // here (nothing more of it may land), not retry.
+            Err(e) => {
+                if let Some(lost) = crate::store::Store::lease_lost(&e) {
+                    tracing::warn!(connector = %self.scope.connector, "commit refused: {lost}");
+                    return Err(wasmtime::Error::new(lost.clone()));
+                }
+                // A storage failure is not the component's fault, but the
+                // component must know nothing was written so it keeps its place.
+                Err(format!(
+                    "the host could not store the batch: {e:#} (nothing of it was written; {})",
+                    crate::store::storage_advice(&e)
+                ))
+            }
+        })
     }
 
     /// Waits for the batch in flight, if any; its outcome waits for
@@ -125,7 +134,8 @@ impl RunState {
                 .write
                 .await
                 .map_err(|e| wasmtime::Error::msg(format!("commit task failed: {e}")))?;
-            let outcome = self.outcome(result, f.filtered);
+            // A lost lease ends the run here (the error), whoever waits.
+            let outcome = self.outcome(result, f.filtered)?;
             self.commits.settled = Some(outcome);
         }
         Ok(())
@@ -155,7 +165,7 @@ impl sink::Host for RunState {
             .spawn_write(batch)
             .await
             .map_err(|e| wasmtime::Error::msg(format!("commit task failed: {e}")))?;
-        Ok(self.outcome(result, filtered))
+        self.outcome(result, filtered)
     }
 
     fn commit_begin(&mut self, batch: types::Batch) -> wasmtime::Result<Result<(), String>> {

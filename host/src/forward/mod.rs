@@ -317,6 +317,7 @@ mod tests {
         let owner = Owner {
             connector: "c1".into(),
             tenant: "t1".into(),
+            fence: None,
         };
         store.commit(&owner, &batch).unwrap();
     }

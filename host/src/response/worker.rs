@@ -888,6 +888,7 @@ mod tests {
         let owner = crate::store::Owner {
             connector: "c".into(),
             tenant: "t".into(),
+            fence: None,
         };
         w.store.commit(&owner, &batch).unwrap();
         let due = outbox::due(&w.store, i64::MAX, 10).unwrap();

@@ -40,6 +40,8 @@ pub struct RunScope {
     /// it: the key of the request budgets this connector shares.
     pub credential_key: String,
     pub filters: Vec<crate::config::LogFilter>,
+    /// The connector lease this run commits under (shared stores).
+    pub fence: Option<crate::store::Fence>,
 }
 
 /// Progress of a collection as the component reports it.
@@ -179,6 +181,9 @@ pub enum Failure {
     /// The host could not run the call (component missing, bad credential
     /// source, storage failure, ...).
     Host(String),
+    /// Another host took the connector's lease over while this run was
+    /// paused or cut off: its commits were refused (fencing).
+    LeaseLost(String),
 }
 
 impl Failure {
@@ -193,6 +198,7 @@ impl Failure {
             Failure::Timeout { .. } => "timeout",
             Failure::Trap { .. } => "trapped",
             Failure::Host(_) => "host-error",
+            Failure::LeaseLost(_) => "lease-lost",
         }
     }
 
@@ -232,6 +238,7 @@ impl std::fmt::Display for Failure {
                 Ok(())
             }
             Failure::Host(m) => write!(f, "{m}"),
+            Failure::LeaseLost(m) => write!(f, "stopped: {m}"),
         }
     }
 }
@@ -373,6 +380,18 @@ impl Runtime {
         operation: Operation,
         observer: Option<ProgressObserver>,
     ) -> CallReport {
+        self.call_fenced(connector, operation, observer, None).await
+    }
+
+    /// `call_observed` under a connector lease: every commit of the run
+    /// checks `fence` (see `store::Fence`).
+    pub async fn call_fenced(
+        &self,
+        connector: &ConnectorConfig,
+        operation: Operation,
+        observer: Option<ProgressObserver>,
+        fence: Option<crate::store::Fence>,
+    ) -> CallReport {
         let started_ms = now_ms();
         let started = Instant::now();
         let mut report = CallReport {
@@ -392,7 +411,7 @@ impl Runtime {
             progress: Progress::default(),
         };
         report.result = self
-            .call_inner(connector, operation, observer, &mut report)
+            .call_inner(connector, operation, observer, fence, &mut report)
             .await;
         report.elapsed = started.elapsed();
         // Describing and validating are not runs: the history (and status)
@@ -427,6 +446,15 @@ impl Runtime {
         connector: &ConnectorConfig,
         observer: Option<ProgressObserver>,
     ) -> Result<(wasmtime::Store<RunState>, StderrTail), Failure> {
+        self.new_fenced_store(connector, observer, None)
+    }
+
+    fn new_fenced_store(
+        &self,
+        connector: &ConnectorConfig,
+        observer: Option<ProgressObserver>,
+        fence: Option<crate::store::Fence>,
+    ) -> Result<(wasmtime::Store<RunState>, StderrTail), Failure> {
         let credential = connector
             .credential()
             .map_err(|e| Failure::Host(format!("{e:#}")))?;
@@ -441,6 +469,7 @@ impl Runtime {
                 clock: self.clock.clone(),
                 credential_key: connector.credential_key(),
                 filters: connector.filters.clone(),
+                fence,
             }),
             table: ResourceTable::new(),
             wasi,
@@ -481,6 +510,7 @@ impl Runtime {
         connector: &ConnectorConfig,
         operation: Operation,
         observer: Option<ProgressObserver>,
+        fence: Option<crate::store::Fence>,
         report: &mut CallReport,
     ) -> Result<String, Failure> {
         let component = self
@@ -488,7 +518,7 @@ impl Runtime {
             .get(&connector.component)
             .await
             .map_err(|e| Failure::Host(format!("{e:#}")))?;
-        let (mut store, stderr) = self.new_store(connector, observer)?;
+        let (mut store, stderr) = self.new_fenced_store(connector, observer, fence)?;
         let limits = connector.limits.clone();
 
         let config_json = connector.component_config_json();
@@ -536,6 +566,14 @@ impl Runtime {
             );
         }
 
+        // A lost lease stops the run whichever way the call ended.
+        if let Some(lost) = last_write
+            .as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<crate::store::LeaseLost>())
+        {
+            return Err(Failure::LeaseLost(lost.to_string()));
+        }
         match outcome {
             Err(_elapsed) => Err(Failure::Timeout {
                 seconds: limits.run_timeout_secs,
@@ -592,6 +630,9 @@ fn classify_trap(
         return Failure::MemoryCap {
             mib: limits.memory_mib,
         };
+    }
+    if let Some(lost) = error.downcast_ref::<crate::store::LeaseLost>() {
+        return Failure::LeaseLost(lost.to_string());
     }
     if let Some(store) = error.downcast_ref::<crate::caps::StoreFailure>() {
         return Failure::Host(format!("stopped: {store}; committed progress is kept"));

@@ -3,8 +3,9 @@
 //! tables, the request budgets, the run history, the forwarding cursors and
 //! the connector identities.
 //!
-//! `Backend` is the interface; `sqlite` (one file under `data_dir`)
-//! implements it. Every
+//! `Backend` is the interface; `sqlite` (the default: one file under
+//! `data_dir`) and `postgres` (`[host] store = "postgres://..."`, shared by
+//! several hosts) implement it with the same schema and semantics. Every
 //! `sink.commit` is one transaction, so a checkpoint moves only together
 //! with the records it covers, and a crash at any point leaves either all of
 //! a batch or none of it.
@@ -14,8 +15,12 @@
 //! per batch, state lookups from host functions) are benchmarked as they
 //! are. Callers on async threads that may write much use `spawn_blocking`.
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::{
+    parse_url as parse_postgres_url, redacted as redacted_postgres_url, PgOptions, PgStore,
+};
 pub use sqlite::SqliteStore;
 
 /// What an operator should do about a store call that failed.
@@ -23,10 +28,10 @@ pub fn storage_advice(e: &anyhow::Error) -> &'static str {
     storage_fault_advice(e).unwrap_or("check the data dir's free space and permissions")
 }
 
-/// Advice when `e` comes from the data dir's file system (full, read-only,
-/// failing), not from dphost itself.
+/// Advice when `e` comes from where the data lives (the data dir's file
+/// system, the PostgreSQL server), not from dphost itself.
 pub fn storage_fault_advice(e: &anyhow::Error) -> Option<&'static str> {
-    sqlite::fault_advice(e)
+    sqlite::fault_advice(e).or_else(|| postgres::advice(e))
 }
 
 use anyhow::{Context, Result};
@@ -117,6 +122,76 @@ pub struct CommitOutcome {
 pub struct Owner {
     pub connector: String,
     pub tenant: String,
+    /// The connector lease the committing host holds (several hosts on one
+    /// PostgreSQL store); None: this process owns the store alone.
+    pub fence: Option<Fence>,
+}
+
+/// A connector lease as its holder knows it: the commit goes through only
+/// if the store still names this host with this token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub host: String,
+    pub token: i64,
+}
+
+/// A commit refused because its host no longer holds the connector's
+/// lease: another host took the connector over (this one was paused or cut
+/// off past the lease). Nothing of the batch was written.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("this host ({host}) no longer holds the lease of connector `{connector}` (fencing token {token}; now {}): nothing of the batch was written; the holder collects it from the last checkpoint", match holder { Some((h, t)) => format!("held by {h} with token {t}"), None => "free".to_string() })]
+pub struct LeaseLost {
+    pub connector: String,
+    pub host: String,
+    pub token: i64,
+    pub holder: Option<(String, i64)>,
+}
+
+impl LeaseLost {
+    /// The refusal in `e`'s chain, if any.
+    pub fn find(e: &anyhow::Error) -> Option<&LeaseLost> {
+        e.chain().find_map(|c| c.downcast_ref::<LeaseLost>())
+    }
+}
+
+/// What one lease round (`Backend::lease_round`) asks for.
+#[derive(Debug, Clone)]
+pub struct LeaseRequest {
+    /// This host's name.
+    pub host: String,
+    /// The connectors it may run (its configuration's, enabled).
+    pub connectors: Vec<String>,
+    /// Connectors running now: never released for balance.
+    pub running: Vec<String>,
+    pub ttl_ms: i64,
+    /// Take every free connector, not only a fair share (`dphost once`).
+    pub greedy: bool,
+    /// Only announce this host and renew: a host's first round, so that
+    /// hosts started together see each other before they take shares.
+    pub join_only: bool,
+}
+
+/// What a lease round leaves this host with.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeaseRound {
+    /// connector -> fencing token, for every lease this host holds.
+    pub held: std::collections::BTreeMap<String, i64>,
+    /// Hosts alive (this one included).
+    pub hosts: usize,
+    /// The most connectors this host takes while the others have room.
+    pub share: usize,
+}
+
+/// One connector's lease, for status and metrics.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct LeaseInfo {
+    pub connector: String,
+    pub owner: Option<String>,
+    pub token: i64,
+    /// Until when (epoch ms, the store's clock).
+    pub expires_ms: i64,
+    /// The store's clock when this was read.
+    pub now_ms: i64,
 }
 
 /// A stored record as search returns it.
@@ -435,6 +510,21 @@ pub trait Backend: Send + Sync {
     ) -> Result<Option<LeaseHolder>>;
     /// Gives the lease back if `me` holds it.
     fn response_lease_release(&self, me: &str) -> Result<()>;
+
+    /// Whether several hosts may share this store (connector leases and
+    /// fencing apply).
+    fn shared(&self) -> bool;
+    /// One round of the connector leases of `req.host`, in one transaction:
+    /// heartbeat; renew what it holds; give back leases of connectors it no
+    /// longer runs and, not running, those past its fair share; take free
+    /// or expired ones (`FOR UPDATE SKIP LOCKED`) up to its share, and any
+    /// left free for a whole lease time. Every new holder gets a new
+    /// fencing token.
+    fn lease_round(&self, req: &LeaseRequest) -> Result<LeaseRound>;
+    /// Gives back every lease `host` holds (a clean stop).
+    fn lease_release_all(&self, host: &str) -> Result<()>;
+    /// Every connector lease.
+    fn leases(&self) -> Result<Vec<LeaseInfo>>;
 }
 
 /// The store a host uses: a `Backend` behind one handle.
@@ -458,9 +548,25 @@ impl Store {
         })
     }
 
-    /// The store `[host]` names.
+    /// The store `[host]` names: `store = "postgres://..."`, else SQLite
+    /// in `data_dir`.
     pub fn for_host(host: &crate::config::HostConfig) -> Result<Store> {
-        Store::open(&host.data_dir)
+        match host.postgres()? {
+            Some(options) => Store::postgres(&options),
+            None => Store::open(&host.data_dir),
+        }
+    }
+
+    /// A PostgreSQL database (migrated to this build's schema).
+    pub fn postgres(options: &PgOptions) -> Result<Store> {
+        Ok(Store {
+            backend: Box::new(PgStore::open(options)?),
+        })
+    }
+
+    /// The typed refusal inside `e`, if a commit was fenced off.
+    pub fn lease_lost(e: &anyhow::Error) -> Option<&LeaseLost> {
+        LeaseLost::find(e)
     }
 
     /// `scan` with a closure.

@@ -975,6 +975,27 @@ impl Backend for SqliteStore {
             Ok(())
         })
     }
+
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// One process owns a SQLite store: every connector is this host's.
+    fn lease_round(&self, req: &LeaseRequest) -> Result<LeaseRound> {
+        Ok(LeaseRound {
+            held: req.connectors.iter().map(|c| (c.clone(), 0)).collect(),
+            hosts: 1,
+            share: req.connectors.len(),
+        })
+    }
+
+    fn lease_release_all(&self, _host: &str) -> Result<()> {
+        Ok(())
+    }
+
+    fn leases(&self) -> Result<Vec<LeaseInfo>> {
+        Ok(Vec::new())
+    }
 }
 
 /// Forwarding (`crate::forward`) needs a cursor that also sees updates: an
@@ -1238,6 +1259,7 @@ mod tests {
         Owner {
             connector: "c1".into(),
             tenant: "t1".into(),
+            fence: None,
         }
     }
 

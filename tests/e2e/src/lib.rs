@@ -6,7 +6,10 @@
 //! `components/proofpoint_tap.wasm` and
 //! `target/wasm32-wasip2/release/sandbox_probe.wasm`.
 
+pub mod pg;
 pub mod store;
+
+pub use pg::TestStore;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -113,13 +116,27 @@ pub fn event_type_of(array: &str) -> &'static str {
     }
 }
 
-/// A scratch folder with a components folder and a configuration.
+/// A scratch folder with a components folder and a configuration, and
+/// where its data lives: SQLite in `data/`, or a PostgreSQL database of its
+/// own with `DPHOST_TEST_STORE=postgres`.
 pub struct Workspace {
     pub dir: tempfile::TempDir,
+    pub store: TestStore,
 }
 
 impl Workspace {
+    /// A workspace on the store `DPHOST_TEST_STORE` names (SQLite if unset).
     pub fn new() -> Result<Workspace> {
+        Self::with_store(TestStore::from_env()?)
+    }
+
+    /// A workspace on the embedded SQLite store, whatever the environment
+    /// says (tests of the data dir's file system).
+    pub fn sqlite() -> Result<Workspace> {
+        Self::with_store(TestStore::Sqlite)
+    }
+
+    pub fn with_store(store: TestStore) -> Result<Workspace> {
         let dir = tempfile::tempdir()?;
         std::fs::create_dir_all(dir.path().join("components"))?;
         std::fs::copy(
@@ -130,7 +147,16 @@ impl Workspace {
             probe_component(),
             dir.path().join("components/sandbox_probe.wasm"),
         )?;
-        Ok(Workspace { dir })
+        Ok(Workspace { dir, store })
+    }
+
+    /// The `[host]` table this workspace's configurations start with, plus
+    /// `extra` lines.
+    pub fn host_table(&self, extra: &str) -> String {
+        format!(
+            "[host]\ndata_dir = \"data\"\ncomponents_dir = \"components\"\n{extra}\n{}",
+            self.store.host_line()
+        )
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -139,8 +165,7 @@ impl Workspace {
 
     /// Writes `dphost.toml`: a `[host]` table plus the given connector tables.
     pub fn write_config(&self, connectors: &str) -> Result<()> {
-        let text =
-            format!("[host]\ndata_dir = \"data\"\ncomponents_dir = \"components\"\n\n{connectors}");
+        let text = format!("{}\n{connectors}", self.host_table(""));
         std::fs::write(self.config_path(), text)?;
         Ok(())
     }
@@ -425,9 +450,7 @@ pub struct OnceReport {
 impl Workspace {
     /// Writes `dphost.toml` with extra `[host]` keys (e.g. `clock_file`).
     pub fn write_config_with_host(&self, host_extra: &str, connectors: &str) -> Result<()> {
-        let text = format!(
-            "[host]\ndata_dir = \"data\"\ncomponents_dir = \"components\"\n{host_extra}\n\n{connectors}"
-        );
+        let text = format!("{}\n{connectors}", self.host_table(host_extra));
         std::fs::write(self.config_path(), text)?;
         Ok(())
     }

@@ -490,11 +490,7 @@ fn runs_through_faults_converge_to_the_truth() -> Result<()> {
             )
         });
     assert_eq!(throttled, 0, "the API refused requests for quota: {stats}");
-    let counted: u64 = ws
-        .db()?
-        .query_row("SELECT count(*) FROM request_budget", [], |r| {
-            r.get::<_, i64>(0)
-        })? as u64;
+    let counted = ws.scalar("SELECT count(*) FROM request_budget")? as u64;
     assert!(
         counted >= admitted && admitted > 0,
         "host counted {counted} requests, the API admitted {admitted}"

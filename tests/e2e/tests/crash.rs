@@ -98,11 +98,7 @@ fn sigkill_at_random_points_loses_nothing_and_stores_nothing_twice() -> Result<(
     let check = ws.dphost(&["check"])?;
     assert!(check.status.success(), "{}", text(&check));
 
-    let stored = || -> Result<i64> {
-        Ok(ws
-            .db()?
-            .query_row("SELECT count(*) FROM records", [], |r| r.get(0))?)
-    };
+    let stored = || ws.scalar("SELECT count(*) FROM records");
     let (mut kills, mut completed, mut attempts) = (0u64, 0u64, 0u64);
     // Kills of a run that had already committed something, and of those,
     // kills between two batches of one window.

@@ -270,21 +270,28 @@ fn ndjson_deliveries(dir: &Path) -> Deliveries {
 /// Whether each of `outputs` has its cursor at the newest change of the
 /// Syslog and Alerts indexes.
 fn cursors_caught_up(ws: &Workspace, outputs: &[&str]) -> Result<bool> {
-    let db = ws.db()?;
     for idx in ["syslog", "alerts"] {
-        let newest: i64 = db.query_row(
-            "SELECT coalesce(max(change_seq), 0) FROM records WHERE idx = ?1",
-            [idx],
-            |r| r.get(0),
-        )?;
+        let newest = ws
+            .rows(
+                "SELECT coalesce(max(change_seq), 0) FROM records WHERE idx = $1",
+                &[idx],
+            )?
+            .first()
+            .and_then(|r| r.first())
+            .context("no row")?
+            .int()?;
         for output in outputs {
-            let at: i64 = db
-                .query_row(
-                    "SELECT change_seq FROM forward_cursors WHERE output = ?1 AND idx = ?2",
-                    [output, &idx],
-                    |r| r.get(0),
-                )
-                .unwrap_or(0);
+            let at = match ws
+                .rows(
+                    "SELECT change_seq FROM forward_cursors WHERE output = $1 AND idx = $2",
+                    &[output, idx],
+                )?
+                .first()
+                .and_then(|r| r.first())
+            {
+                Some(cell) => cell.int()?,
+                None => 0,
+            };
             if at < newest {
                 return Ok(false);
             }
@@ -413,10 +420,7 @@ fn forwards_every_record_to_rsyslog_and_ndjson_across_restarts() -> Result<()> {
     std::fs::write(
         &fwd_config,
         format!(
-            r#"[host]
-data_dir = "data"
-components_dir = "components"
-
+            r#"{host}
 [[output]]
 name = "plain"
 kind = "syslog"
@@ -444,6 +448,7 @@ path = "spool"
 rotate_mib = 0.05
 indexes = ["syslog", "alerts"]
 "#,
+            host = ws.host_table(""),
             plain = rs.plain,
             tls = rs.tls,
             dir = rs_dir.path().display()
@@ -615,7 +620,8 @@ fn a_forwarder_killed_mid_backlog_sends_the_rest_and_the_batch_in_flight_again()
     std::fs::write(
         &fwd_config,
         format!(
-            "[host]\ndata_dir = \"data\"\ncomponents_dir = \"components\"\n\n[[output]]\nname = \"plain\"\nkind = \"syslog\"\naddress = \"127.0.0.1:{}\"\n",
+            "{}\n[[output]]\nname = \"plain\"\nkind = \"syslog\"\naddress = \"127.0.0.1:{}\"\n",
+            ws.host_table(""),
             rs.plain
         ),
     )?;
@@ -624,7 +630,7 @@ fn a_forwarder_killed_mid_backlog_sends_the_rest_and_the_batch_in_flight_again()
             .map(|m| m.len())
             .unwrap_or(0)
     };
-    let db_count = |sql: &str| -> Result<i64> { Ok(ws.db()?.query_row(sql, [], |r| r.get(0))?) };
+    let db_count = |sql: &str| ws.scalar(sql);
     let last = db_count("SELECT max(change_seq) FROM records WHERE idx IN ('syslog', 'alerts')")?;
     let mut fwd = Forwarder::start(&fwd_config, &ws.dir.path().join("run.log"))?;
     // Kill it about half a batch (500 messages of some 4 KiB) after it

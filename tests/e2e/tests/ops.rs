@@ -282,9 +282,7 @@ fn exercise(
             "{series} against /status {field}: {a:#}\n{metrics}"
         );
     }
-    let budget_rows: i64 = ws
-        .db()?
-        .query_row("SELECT count(*) FROM request_budget", [], |r| r.get(0))?;
+    let budget_rows = ws.scalar("SELECT count(*) FROM request_budget")?;
     assert!(budget_rows > 0);
     assert_eq!(
         metric_sum(&metrics, "dphost_request_budget_used{pool="),
