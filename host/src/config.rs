@@ -11,6 +11,7 @@ use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::config_lines::KeyLines;
 
@@ -228,6 +229,17 @@ impl std::fmt::Debug for Credential {
     }
 }
 
+/// `ConnectorConfig::credential_key`: the same origin and principal give the
+/// same key (so tenants sharing a credential share its request budget).
+fn credential_key(name: &str, allowed: &AllowedOrigin, principal: Option<&str>) -> String {
+    use sha2::{Digest, Sha256};
+    let identity = match principal {
+        Some(p) => format!("{allowed}\n{p}"),
+        None => format!("connector\n{name}"),
+    };
+    hex::encode(&Sha256::digest(identity.as_bytes())[..12])
+}
+
 /// One `[[connector]]`: a component instance for one tenant.
 #[derive(Debug, Clone)]
 pub struct ConnectorConfig {
@@ -245,8 +257,11 @@ pub struct ConnectorConfig {
     pub principal: Option<String>,
     pub secret: Option<SecretSource>,
     pub limits: Limits,
-    /// Log filters: Syslog records matching any of them are not stored.
-    pub filters: Vec<LogFilter>,
+    /// Log filters: Syslog records matching any of them are not stored
+    /// (shared with every run, not copied into each).
+    pub filters: Arc<[LogFilter]>,
+    /// See `credential_key`: worked out once, not per run.
+    credential_key: String,
     /// `[connector.response.disable_user]`, if configured.
     pub response: Option<crate::response::config::DisableUserPolicy>,
     /// The configuration handed to the component as JSON (no secrets).
@@ -811,6 +826,7 @@ impl ConnectorConfig {
             }),
         );
 
+        let credential_key = credential_key(&name, &allowed, principal.as_deref());
         Ok(ConnectorConfig {
             name,
             tenant,
@@ -822,7 +838,8 @@ impl ConnectorConfig {
             principal,
             secret,
             limits,
-            filters,
+            filters: filters.into(),
+            credential_key,
             response,
             component_config,
         })
@@ -835,13 +852,8 @@ impl ConnectorConfig {
 
     /// A stable, non-reversible key for this connector's API credential
     /// (origin + principal); connectors without one get their own key.
-    pub fn credential_key(&self) -> String {
-        use sha2::{Digest, Sha256};
-        let identity = match &self.principal {
-            Some(p) => format!("{}\n{p}", self.allowed),
-            None => format!("connector\n{}", self.name),
-        };
-        hex::encode(&Sha256::digest(identity.as_bytes())[..12])
+    pub fn credential_key(&self) -> &str {
+        &self.credential_key
     }
 
     /// Resolves the credential from its source. Called per run, so a rotated

@@ -39,8 +39,9 @@ impl Setup {
 
     /// One fresh sandbox: the run's `Store` (capabilities, limits, CPU
     /// budget) and a new instance in it; both dropped. Returns the time of
-    /// the `Store` and of the instance.
-    pub async fn instantiate_once(&self) -> Result<(Duration, Duration)> {
+    /// the `Store`, of the instance, and of dropping both (the pooling slot
+    /// is reset then: what instantiation does not pay, teardown does).
+    pub async fn instantiate_once(&self) -> Result<(Duration, Duration, Duration)> {
         let component = self
             .runtime
             .components
@@ -60,8 +61,9 @@ impl Setup {
             .context("instantiating the TAP component")?;
         let total = started.elapsed();
         let _ = instance;
+        let dropping = Instant::now();
         drop(store);
-        Ok((stored, total - stored))
+        Ok((stored, total - stored, dropping.elapsed()))
     }
 }
 
@@ -72,18 +74,20 @@ pub fn run() -> Result<Vec<Figure>> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let (mut sandbox, mut instance) = rt.block_on(async {
+    let (mut sandbox, mut instance, mut teardown) = rt.block_on(async {
         for _ in 0..200 {
             setup.instantiate_once().await?;
         }
         let mut sandbox = Vec::with_capacity(SAMPLES);
         let mut instance = Vec::with_capacity(SAMPLES);
+        let mut teardown = Vec::with_capacity(SAMPLES);
         for _ in 0..SAMPLES {
-            let (s, i) = setup.instantiate_once().await?;
+            let (s, i, d) = setup.instantiate_once().await?;
             sandbox.push((s + i).as_secs_f64() * 1e6);
             instance.push(i.as_secs_f64() * 1e6);
+            teardown.push(d.as_secs_f64() * 1e6);
         }
-        anyhow::Ok((sandbox, instance))
+        anyhow::Ok((sandbox, instance, teardown))
     })?;
     let (compile, cached) = rt.block_on(load_times(&setup.config))?;
     Ok(vec![
@@ -110,6 +114,12 @@ pub fn run() -> Result<Vec<Figure>> {
             "instantiate",
             "run Store (caps, limits) + instance, p99",
             percentile(&mut sandbox, 99.0),
+            "µs",
+        ),
+        Figure::new(
+            "instantiate",
+            "teardown (Store and instance dropped, slot reset), p50",
+            percentile(&mut teardown, 50.0),
             "µs",
         ),
         Figure::new(

@@ -39,7 +39,7 @@ pub struct RunScope {
     /// Identifies the API credential (origin + principal) without revealing
     /// it: the key of the request budgets this connector shares.
     pub credential_key: String,
-    pub filters: Vec<crate::config::LogFilter>,
+    pub filters: Arc<[crate::config::LogFilter]>,
     /// The connector lease this run commits under (shared stores).
     pub fence: Option<crate::store::Fence>,
 }
@@ -467,7 +467,7 @@ impl Runtime {
                 store: self.store.clone(),
                 limits: limits.clone(),
                 clock: self.clock.clone(),
-                credential_key: connector.credential_key(),
+                credential_key: connector.credential_key().to_string(),
                 filters: connector.filters.clone(),
                 fence,
             }),
