@@ -168,10 +168,10 @@ pub fn one(c: &ConnectorConfig, store: &Store, now_ms: i64) -> Result<ConnectorS
 }
 
 /// An aligned table with the main columns, and each last error below its row.
+/// On a shared store the host holding each connector's lease takes the
+/// checkpoint's column (`--format json` has both).
 pub fn table(rows: &[ConnectorStatus]) -> String {
-    if rows.iter().any(|r| r.lease.is_some()) {
-        return table_with_owner(rows);
-    }
+    let shared = rows.iter().any(|r| r.lease.is_some());
     let header = [
         "CONNECTOR",
         "TENANT",
@@ -181,10 +181,10 @@ pub fn table(rows: &[ConnectorStatus]) -> String {
         "RECORDS",
         "ALERTS",
         "QUARANTINED",
-        "CHECKPOINT",
+        if shared { "OWNER" } else { "CHECKPOINT" },
         "LAG",
     ];
-    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let dash = |v: Option<&String>| v.cloned().unwrap_or_else(|| "-".into());
     let cells: Vec<[String; 10]> = rows
         .iter()
         .map(|r| {
@@ -192,63 +192,16 @@ pub fn table(rows: &[ConnectorStatus]) -> String {
                 r.connector.clone(),
                 r.tenant.clone(),
                 r.state.to_string(),
-                dash(&r.last_run_end),
-                dash(&r.next_run),
+                dash(r.last_run_end.as_ref()),
+                dash(r.next_run.as_ref()),
                 r.records.to_string(),
                 r.alerts.to_string(),
                 r.quarantined.to_string(),
-                dash(&r.checkpoint),
-                r.lag_seconds
-                    .map(|l| format!("{}m", l / 60))
-                    .unwrap_or_else(|| "-".into()),
-            ]
-        })
-        .collect();
-    let columns = Columns::fit(header, &cells);
-    let mut out = columns.line(header);
-    out.push('\n');
-    for (row, r) in cells.iter().zip(rows) {
-        out.push_str(&columns.row(row));
-        out.push('\n');
-        if let Some(e) = &r.last_error {
-            out.push_str(&format!("  last error: {e}\n"));
-        }
-        out.push_str(&actions_lines(&r.actions));
-    }
-    out
-}
-
-/// `table` with the host that holds each connector's lease (shared stores).
-fn table_with_owner(rows: &[ConnectorStatus]) -> String {
-    let header = [
-        "CONNECTOR",
-        "TENANT",
-        "STATE",
-        "OWNER",
-        "LAST RUN",
-        "NEXT RUN",
-        "RECORDS",
-        "ALERTS",
-        "QUARANTINED",
-        "LAG",
-    ];
-    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    let cells: Vec<[String; 10]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.connector.clone(),
-                r.tenant.clone(),
-                r.state.to_string(),
-                r.lease
-                    .as_ref()
-                    .and_then(|l| l.owner.clone())
-                    .unwrap_or_else(|| "-".into()),
-                dash(&r.last_run_end),
-                dash(&r.next_run),
-                r.records.to_string(),
-                r.alerts.to_string(),
-                r.quarantined.to_string(),
+                if shared {
+                    dash(r.lease.as_ref().and_then(|l| l.owner.as_ref()))
+                } else {
+                    dash(r.checkpoint.as_ref())
+                },
                 r.lag_seconds
                     .map(|l| format!("{}m", l / 60))
                     .unwrap_or_else(|| "-".into()),
