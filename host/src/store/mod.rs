@@ -300,6 +300,7 @@ pub struct ForwardActivity {
 
 /// One audit record for the Actions index, written in the same transaction
 /// as the state change it reports.
+#[derive(Clone)]
 pub struct Audit {
     pub body: Value,
 }

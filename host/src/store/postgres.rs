@@ -556,13 +556,6 @@ async fn write_audit(tx: &Tx<'_>, a: &Action, audit: &Audit) -> Result<()> {
     Ok(())
 }
 
-/// An owned copy of what an outbox write needs, for the store's runtime.
-fn owned_audit(audit: Option<&Audit>) -> Option<Audit> {
-    audit.map(|a| Audit {
-        body: a.body.clone(),
-    })
-}
-
 impl Backend for PgStore {
     fn describe(&self) -> String {
         format!("PostgreSQL {}", self.describe)
@@ -1126,7 +1119,7 @@ impl Backend for PgStore {
     }
 
     fn outbox_claim(&self, a: &Action, requested: Option<&Audit>) -> Result<bool> {
-        let (a, requested) = (a.clone(), owned_audit(requested));
+        let (a, requested) = (a.clone(), requested.cloned());
         self.run(|pool| async move {
             let mut c = pool.get().await.map_err(pool_error)?;
             let tx = c.transaction().await?;
@@ -1179,12 +1172,7 @@ impl Backend for PgStore {
         state: &str,
         audit: Option<&Audit>,
     ) -> Result<()> {
-        let (a, dn, state, audit) = (
-            a.clone(),
-            dn.to_string(),
-            state.to_string(),
-            owned_audit(audit),
-        );
+        let (a, dn, state, audit) = (a.clone(), dn.to_string(), state.to_string(), audit.cloned());
         self.run(|pool| async move {
             let mut c = pool.get().await.map_err(pool_error)?;
             let tx = c.transaction().await?;
@@ -1228,7 +1216,7 @@ impl Backend for PgStore {
             a.clone(),
             status.to_string(),
             outcome.to_string(),
-            owned_audit(audit),
+            audit.cloned(),
         );
         self.run(|pool| async move {
             let mut c = pool.get().await.map_err(pool_error)?;
@@ -1260,13 +1248,7 @@ impl Backend for PgStore {
         error: &str,
         audit: &Audit,
     ) -> Result<()> {
-        let (a, error, audit) = (
-            a.clone(),
-            error.to_string(),
-            Audit {
-                body: audit.body.clone(),
-            },
-        );
+        let (a, error, audit) = (a.clone(), error.to_string(), audit.clone());
         self.run(|pool| async move {
             let mut c = pool.get().await.map_err(pool_error)?;
             let tx = c.transaction().await?;
@@ -1289,12 +1271,7 @@ impl Backend for PgStore {
     }
 
     fn outbox_reenable_retry(&self, a: &Action, next_ms: i64, audit: &Audit) -> Result<()> {
-        let (a, audit) = (
-            a.clone(),
-            Audit {
-                body: audit.body.clone(),
-            },
-        );
+        let (a, audit) = (a.clone(), audit.clone());
         self.run(|pool| async move {
             let mut c = pool.get().await.map_err(pool_error)?;
             let tx = c.transaction().await?;
@@ -1349,13 +1326,7 @@ impl Backend for PgStore {
         heir_seq: i64,
         audit: &Audit,
     ) -> Result<()> {
-        let (from, dn, audit) = (
-            from.clone(),
-            dn.to_string(),
-            Audit {
-                body: audit.body.clone(),
-            },
-        );
+        let (from, dn, audit) = (from.clone(), dn.to_string(), audit.clone());
         self.run(|pool| async move {
             let mut c = pool.get().await.map_err(pool_error)?;
             let tx = c.transaction().await?;
